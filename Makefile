@@ -1,0 +1,55 @@
+# cuecam: `make run` starts the sim board on real footage, `make test` runs the test suite.
+# Both set everything up first (venv, dependencies, models and media from ../shared).
+SHARED ?= ../shared
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup venv models media run test test-all bench lint clean
+
+help: ## print this help
+	@echo "cuecam make targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install cuecam with its dependencies
+
+models: $(STAMP) ## install model files from ../shared/models, verified against models/manifest.yaml
+	$(PY) -m firmware.models install --from $(SHARED)/models
+
+media: ## link the footage from ../shared/media into media/, verified against its SHA256SUMS
+	@test -f $(SHARED)/media/SHA256SUMS || { echo "error: $(SHARED)/media/SHA256SUMS is missing: the shared assets (see ../shared/ASSETS.md) must sit beside this checkout" >&2; exit 1; }
+	@for f in $$(awk '{print $$2}' $(SHARED)/media/SHA256SUMS); do \
+	  test -f $(SHARED)/media/$$f || { echo "error: $(SHARED)/media/$$f is missing; ../shared/ASSETS.md says where it comes from (vtest.avi: Debian package opencv-doc)" >&2; exit 1; }; \
+	done
+	@cd $(SHARED)/media && sha256sum --quiet -c SHA256SUMS || { echo "error: files in $(SHARED)/media do not match their SHA256SUMS" >&2; exit 1; }
+	@mkdir -p media
+	@for f in $$(awk '{print $$2}' $(SHARED)/media/SHA256SUMS); do ln -sfn "$$(cd $(SHARED)/media && pwd)/$$f" media/$$f; done
+	@echo "media: $$(wc -l < $(SHARED)/media/SHA256SUMS) files verified and linked into media/"
+
+setup: venv models media ## everything the other targets need (idempotent)
+
+run: setup ## run the sim board: real pipeline on media/vtest.avi, API on 127.0.0.1:8080
+	$(PY) -m firmware --config board_configs/sim.yaml
+
+test: setup ## run the default test suite (real models, real footage, loopback only)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: setup ## the default suite plus slow tests
+	$(PY) -m pytest -m 'not hw' $(PYTEST_ARGS)
+
+bench: setup ## print throughput, start-up and memory figures (key: value lines)
+	$(PY) tests/bench/bench_pipeline.py
+
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check firmware ota host_tools tests
+	$(VENV)/bin/mypy firmware ota host_tools
+
+clean: ## remove the venv, installed models and media links (not your token in .cuecam/)
+	rm -rf $(VENV) media models/*.tflite models/*.txt

@@ -1,0 +1,193 @@
+"""Lifecycle: build everything from a config, serve, and shut down cleanly (never raising).
+
+Everything that can fail because of the board or its files (model, camera, token) is checked in
+``build_service`` before the API opens, so a bad setup stops with one clear message and an exit
+code instead of a half-working device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .camera import Camera, create_camera
+from .config import LoadedConfig, ReplayCameraConfig
+from .errors import CuecamError
+from .http.app import build_app
+from .http.auth import Token, load_token
+from .inference import Detector, create_detector
+from .models import load_manifest
+from .pipeline import Pipeline, detection_dtype
+from .ringbuffer import RingBuffer
+
+log = logging.getLogger("cuecam")
+STARTUP_GRACE_S = 15.0
+
+
+class Service:
+    """The running device: pipeline, buffer and the numbers the API reports."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        camera: Camera,
+        detector: Detector,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        cfg = loaded.config
+        self.loaded = loaded
+        self.config = cfg
+        self.detector = detector
+        self.detector_name = detector.name
+        self.now = clock
+        self.buffer = RingBuffer(detection_dtype(cfg.inference.detector.max_detections), cfg.buffer.capacity)
+        self.pipeline = Pipeline(
+            camera=camera,
+            detector=detector,
+            buffer=self.buffer,
+            queue_size=cfg.inference.queue_size,
+            retry_camera=cfg.camera.type == "picamera2",
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        self.started = clock()
+        self._task: asyncio.Task[None] | None = None
+
+    def uptime(self) -> float:
+        return self.now() - self.started
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.pipeline.run(), name="cuecam-pipeline")
+
+    async def stop(self) -> None:
+        """Stop the pipeline, close the camera, join the worker threads. Never raises."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.pipeline.close()
+
+    def health(self) -> tuple[bool, str | None]:
+        st = self.pipeline.stats
+        if st.state == "error":
+            return False, f"camera: {st.error}"
+        if st.state == "ended":
+            return False, f"camera source ended after {st.frames_captured} frames"
+        if st.state == "stopped":
+            return False, "stopping"
+        if st.last_processed is None:
+            if self.uptime() < STARTUP_GRACE_S:
+                return False, "starting: no frame processed yet"
+            return False, f"no frame processed in {self.uptime():.0f} s since start"
+        idle = self.now() - st.last_processed
+        if idle > 5.0:
+            return False, f"no frame processed for {idle:.1f} s"
+        return True, None
+
+    def status(self) -> dict[str, Any]:
+        st = self.pipeline.stats
+        now = self.now()
+        p50, p99 = st.infer_percentiles()
+        cam = self.config.camera
+        runner = self.detector.runner
+        return {
+            "version": __version__,
+            "board": {"name": self.config.board.name, "kind": self.config.board.kind},
+            "camera": {"type": cam.type, "source": self.pipeline.camera.description, "state": st.state,
+                       "error": st.error, "restarts": st.camera_restarts},
+            "model": {"name": self.detector_name, "file": runner.model.path.name, "runtime": runner.runtime,
+                      "delegate": self.config.inference.delegate, "threads": self.config.inference.threads,
+                      "input": list(runner.input_shape)},
+            "fps": round(st.fps(now), 2),
+            "inference_ms": {"p50": None if p50 is None else round(p50, 2), "p99": None if p99 is None else round(p99, 2)},
+            "frames": {"captured": st.frames_captured, "processed": st.frames_processed,
+                       "dropped": st.frames_dropped, "inference_errors": st.inference_errors},
+            "uptime_s": round(now - self.started, 3),
+            "first_detection_s": None if st.first_detection is None else round(st.first_detection - self.started, 3),
+            "buffer": {"capacity": self.buffer.capacity, "records": len(self.buffer),
+                       "fill": round(len(self.buffer) / self.buffer.capacity, 4), "bytes": self.buffer.nbytes,
+                       "newest_seq": self.buffer.newest_seq},
+        }
+
+
+def with_source(loaded: LoadedConfig, source: Path) -> LoadedConfig:
+    """The same config with its camera replaced by (or redirected to) a replay of ``source``."""
+    cam = loaded.config.camera
+    if isinstance(cam, ReplayCameraConfig):
+        new_cam = cam.model_copy(update={"source": str(source.resolve())})
+    else:
+        new_cam = ReplayCameraConfig(type="replay", source=str(source.resolve()))
+    return LoadedConfig(loaded.config.model_copy(update={"camera": new_cam}), loaded.path)
+
+
+async def build_service(loaded: LoadedConfig, *, token_env: dict[str, str] | None = None) -> tuple[Service, Token]:
+    """Load the model, open the camera, find the token: every start-up check, before serving."""
+    cfg = loaded.config
+    manifest_dir = loaded.resolve(cfg.inference.models_dir)
+    manifest = load_manifest(manifest_dir / "manifest.yaml")
+    detector = create_detector(cfg.inference, manifest_dir, manifest)
+    token = load_token(
+        loaded.resolve(cfg.api.token_file),
+        generate=cfg.api.generate_token,
+        **({"env": token_env} if token_env is not None else {}),
+    )
+    camera = create_camera(loaded)
+    await camera.open()
+    return Service(loaded, camera=camera, detector=detector), token
+
+
+async def serve(loaded: LoadedConfig, *, port: int | None = None, ready: Callable[[str], None] | None = None) -> int:
+    """Run the device until SIGINT/SIGTERM. Returns the process exit code."""
+    cfg = loaded.config
+    svc, token = await build_service(loaded)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = build_app(svc, token)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.api.host, cfg.api.port if port is None else port, reuse_address=True)
+        await site.start()
+        addrs = runner.addresses
+        host, bound_port = addrs[0][0], addrs[0][1]
+        url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}"
+        log.info("cuecam %s on board %s (%s), model %s via %s", __version__, cfg.board.name, cfg.board.kind,
+                 svc.detector_name, svc.detector.runner.runtime)
+        hint = "generated at first run" if token.generated else "from"
+        print(f"cuecam: serving on {url} (API token {hint} {token.source})", flush=True)
+        if ready:
+            ready(url)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        await svc.stop()  # idempotent; covers a failure before the app started the pipeline
+    return 0
+
+
+def run(loaded: LoadedConfig, *, port: int | None = None) -> int:
+    try:
+        return asyncio.run(serve(loaded, port=port))
+    except CuecamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # e.g. the API port is taken
+        print(f"error: cannot start the API: {e}", file=sys.stderr)
+        return 3

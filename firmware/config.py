@@ -1,0 +1,249 @@
+"""Strict, typed board configuration.
+
+A board config is YAML parsed with ``yaml.safe_load`` and validated into pydantic models that
+forbid unknown keys. Every problem is reported as ``file:line: key: message`` so an integrator can
+fix it without reading code. Relative paths inside a config resolve against the config file's
+own directory, so a config works from any working directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+MAX_CONFIG_BYTES = 64 * 1024
+
+BoardKind = Literal["sim", "rpi4", "rpi5", "rpi-zero2w", "rpi5-coral-usb", "rpi4-coral-usb"]
+Size = Annotated[list[Annotated[int, Field(ge=16, le=8192)]], Field(min_length=2, max_length=2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BoardConfig(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: BoardKind
+
+
+class ReplayCameraConfig(_Strict):
+    """Replay a video file or a directory of images as if it were a camera."""
+
+    type: Literal["replay"]
+    source: str = Field(min_length=1, max_length=4096)
+    pacing: Literal["realtime", "fast"] = "realtime"
+    loop: bool = True
+    fps: Annotated[float, Field(gt=0, le=120)] | None = None
+    max_frame_pixels: int = Field(default=4096 * 4096, ge=64 * 64, le=8192 * 8192)
+
+
+class SyntheticCameraConfig(_Strict):
+    """Programmable scenes of moving figures, for tests and demos without footage."""
+
+    type: Literal["synthetic"]
+    size: Size = [640, 480]
+    fps: float = Field(default=10.0, gt=0, le=120)
+    people: int = Field(default=3, ge=0, le=32)
+    seed: int = Field(default=0, ge=0)
+    frames: int | None = Field(default=None, ge=1)
+    pacing: Literal["realtime", "fast"] = "realtime"
+
+
+class PicameraConfig(_Strict):
+    """A Raspberry Pi camera through picamera2: a main stream and a lores stream for inference."""
+
+    type: Literal["picamera2"]
+    camera_num: int = Field(default=0, ge=0, le=7)
+    resolution: Size = [1280, 720]
+    lores: Size = [320, 240]
+    lores_format: Literal["YUV420", "RGB888"] = "YUV420"
+    framerate: float = Field(default=10.0, gt=0, le=120)
+    hflip: bool = False
+    vflip: bool = False
+    buffer_count: int = Field(default=4, ge=2, le=8)
+
+    @field_validator("lores")
+    @classmethod
+    def _lores_aligned(cls, v: list[int]) -> list[int]:
+        if v[0] % 64:
+            # A lores width that is not a multiple of 64 gets row padding (stride) and the
+            # chroma planes of YUV420 no longer line up when cropped.
+            raise ValueError("lores width must be a multiple of 64 (e.g. 320, 384, 640)")
+        if v[1] % 2:
+            raise ValueError("lores height must be even")
+        return v
+
+
+CameraConfig = Annotated[
+    Union[ReplayCameraConfig, SyntheticCameraConfig, PicameraConfig],
+    Field(discriminator="type"),
+]
+
+
+class DetectorConfig(_Strict):
+    model: str = Field(default="ssd_mobilenet_v1", min_length=1, max_length=128)
+    score_threshold: float = Field(default=0.5, gt=0, le=1)
+    max_detections: int = Field(default=10, ge=1, le=100)
+
+
+class InferenceConfig(_Strict):
+    runtime: Literal["auto", "litert", "tflite-runtime"] = "auto"
+    threads: int = Field(default=2, ge=1, le=16)
+    delegate: Literal["cpu", "edgetpu"] = "cpu"
+    models_dir: str = Field(default="../models", min_length=1, max_length=4096)
+    queue_size: int = Field(default=2, ge=1, le=64)
+    detector: DetectorConfig = DetectorConfig()
+
+
+class BufferConfig(_Strict):
+    # One record per processed frame; 6000 records = 10 minutes at 10 fps.
+    capacity: int = Field(default=6000, ge=16, le=200_000)
+
+
+class ApiConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    token_file: str = Field(default="/etc/cuecam/api-token", min_length=1, max_length=4096)
+    generate_token: bool = False
+    max_limit: int = Field(default=1000, ge=1, le=10_000)
+
+    @field_validator("host")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError as e:
+            raise ValueError(f"host must be an IP address such as 127.0.0.1 or 0.0.0.0, not {v!r}") from e
+        return v
+
+
+class Config(_Strict):
+    version: Literal[1]
+    board: BoardConfig
+    camera: CameraConfig
+    inference: InferenceConfig = InferenceConfig()
+    buffer: BufferConfig = BufferConfig()
+    api: ApiConfig = ApiConfig()
+
+
+class LoadedConfig:
+    """A validated config plus where it came from (to resolve relative paths)."""
+
+    def __init__(self, config: Config, path: Path) -> None:
+        self.config = config
+        self.path = path
+        self.base_dir = path.parent
+
+    def resolve(self, p: str) -> Path:
+        """Resolve a path from the config relative to the config file's directory."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else (self.base_dir / q).resolve()
+
+
+def _node_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int], dups: list[tuple[int, str]]) -> None:
+    """Record the line of every key path (a key's own line for its path) and duplicate keys."""
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                dups.append((line, ".".join(map(str, path + (key,)))))
+            seen.add(key)
+            out[path + (key,)] = line
+            _node_lines(value_node, path + (key,), out, dups)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _node_lines(item, path + (i,), out, dups)
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """Map a pydantic error location onto the YAML data path, dropping union tags."""
+    path: list[Any] = []
+    cur = data
+    for part in loc:
+        if isinstance(cur, dict):
+            if part in cur:
+                path.append(part)
+                cur = cur[part]
+                continue
+            if isinstance(part, str) and cur.get("type") == part:
+                continue  # discriminated-union tag, not a key in the file
+            path.append(part)
+            cur = None
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            path.append(part)
+            cur = cur[part]
+        else:
+            if not isinstance(part, str) or part not in ("[key]",):
+                path.append(part)
+            cur = None
+    return tuple(path)
+
+
+def _line_for(path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
+    p = path
+    while p not in lines and p:
+        p = p[:-1]
+    return lines.get(p, 1)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate config text; raise ConfigError listing every problem with its line."""
+    if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: config is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"{mark.line + 1}" if mark is not None else "?"
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{source}:{line}: not valid YAML: {problem}") from e
+    if node is None or data is None:
+        raise ConfigError(f"{source}:1: config is empty; start from board_configs/sim.yaml")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: config must be a mapping of keys, not {type(data).__name__}")
+    lines: dict[tuple[Any, ...], int] = {}
+    dups: list[tuple[int, str]] = []
+    _node_lines(node, (), lines, dups)
+    if dups:
+        problems = [f"{source}:{line}: {key}: duplicate key (YAML would silently keep the last)" for line, key in dups]
+        raise ConfigError("\n".join(problems), problems=problems)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            path = _data_path(tuple(err["loc"]), data)
+            key = ".".join(str(p) for p in path) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see board_configs/sim.yaml for every key)"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            problems.append(f"{source}:{_line_for(path, lines)}: {key}: {msg}")
+        raise ConfigError("\n".join(problems), problems=problems) from e
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Read, parse and validate a board config file."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: config is larger than {MAX_CONFIG_BYTES} bytes")
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"{p}: no such config file; the shipped ones are in board_configs/") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: config is not UTF-8 text") from e
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from e
+    return LoadedConfig(parse_config(text, str(p)), p.resolve())

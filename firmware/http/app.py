@@ -1,0 +1,353 @@
+"""The device's HTTP API (aiohttp + orjson).
+
+Every route is declared once in ``ROUTES``; the router and the OpenAPI document are both built
+from that table, so /openapi.json lists exactly what is served. Every route but /health needs the
+device's bearer token. Responses are built field by field from named record fields (an
+allow-list): nothing that is not listed here can reach the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .. import __version__
+from .auth import Token
+
+if TYPE_CHECKING:
+    from ..app import Service
+
+log = logging.getLogger(__name__)
+
+SERVICE = web.AppKey("service", "Service")
+TOKEN = web.AppKey("token", Token)
+MAX_BODY = 64 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return json_response({"error": {"status": status, "message": message}}, status=status)
+
+
+# -- query parameters -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class IntParam:
+    name: str
+    description: str
+    default: int
+    minimum: int
+    maximum: int | None = None  # None: taken from the config at request time (api.max_limit)
+
+    def schema(self) -> dict[str, Any]:
+        s: dict[str, Any] = {"type": "integer", "minimum": self.minimum, "default": self.default}
+        if self.maximum is not None:
+            s["maximum"] = self.maximum
+        return s
+
+
+def parse_query(request: web.Request, params: tuple[IntParam, ...], max_limit: int) -> dict[str, int]:
+    known = {p.name for p in params}
+    unknown = sorted(set(request.query) - known)
+    if unknown:
+        raise web.HTTPBadRequest(reason=f"unknown query parameter(s): {', '.join(unknown)}; allowed: {sorted(known)}")
+    out = {}
+    for p in params:
+        values = request.query.getall(p.name, [])
+        if len(values) > 1:
+            raise web.HTTPBadRequest(reason=f"query parameter {p.name!r} given more than once")
+        if not values:
+            out[p.name] = p.default
+            continue
+        raw = values[0]
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+            raise web.HTTPBadRequest(reason=f"query parameter {p.name!r} must be a non-negative integer, got {raw[:40]!r}")
+        v = int(raw)
+        hi = p.maximum if p.maximum is not None else max_limit
+        if v < p.minimum or v > hi:
+            raise web.HTTPBadRequest(reason=f"query parameter {p.name!r} must be between {p.minimum} and {hi}, got {v}")
+        out[p.name] = v
+    return out
+
+
+# -- handlers ---------------------------------------------------------------------------------
+async def health(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    ok, reason = svc.health()
+    body = {"status": "ok" if ok else "degraded", "reason": reason, "uptime_s": round(svc.uptime(), 3)}
+    return json_response(body, status=200 if ok else 503)
+
+
+async def status(request: web.Request) -> web.Response:
+    return json_response(request.app[SERVICE].status())
+
+
+DETECTION_PARAMS = (
+    IntParam("since", "Return frames with seq greater than this cursor (0: the oldest held).", 0, 0),
+    IntParam("limit", "At most this many frames (up to api.max_limit).", 100, 1),
+)
+
+
+def _frames(records: Any) -> Iterator[dict[str, Any]]:
+    for r in records:
+        n = int(r["count"])
+        yield {
+            "seq": int(r["seq"]),
+            "frame_id": int(r["frame_id"]),
+            "t_wall": round(float(r["t_wall"]), 3),
+            "t_mono": round(float(r["t_mono"]), 3),
+            "capped": bool(r["capped"]),
+            "people": [
+                {"box": [round(float(v), 4) for v in r["boxes"][i]], "score": round(float(r["scores"][i]), 3)}
+                for i in range(n)
+            ],
+        }
+
+
+async def detections(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    q = parse_query(request, DETECTION_PARAMS, svc.config.api.max_limit)
+    sl = svc.buffer.since(q["since"], q["limit"])
+    return json_response({"cursor": sl.cursor, "lost": sl.lost, "more": sl.more, "frames": list(_frames(sl.records))})
+
+
+class _ServiceCollector:
+    """Reads the live pipeline counters at scrape time; no second copy of the numbers."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+
+    def collect(self) -> Iterator[Metric]:
+        svc, st = self.svc, self.svc.pipeline.stats
+        for name, doc, value in (
+            ("cuecam_frames_captured", "Frames read from the camera.", st.frames_captured),
+            ("cuecam_frames_processed", "Frames run through the detector.", st.frames_processed),
+            ("cuecam_frames_dropped", "Frames dropped because inference was behind.", st.frames_dropped),
+            ("cuecam_inference_errors", "Frames whose inference failed.", st.inference_errors),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], value)
+            yield c
+        p50, p99 = st.infer_percentiles()
+        g = GaugeMetricFamily("cuecam_inference_ms", "Inference time per frame (recent).", labels=["quantile"])
+        if p50 is not None and p99 is not None:
+            g.add_metric(["0.5"], p50)
+            g.add_metric(["0.99"], p99)
+        yield g
+        for name, doc, value in (
+            ("cuecam_fps", "Frames processed per second over the last 10 s.", st.fps(svc.now())),
+            ("cuecam_buffer_records", "Records held in the ring buffer.", len(svc.buffer)),
+            ("cuecam_buffer_capacity", "Ring buffer capacity in records.", svc.buffer.capacity),
+            ("cuecam_uptime_seconds", "Seconds since the service started.", svc.uptime()),
+            ("cuecam_healthy", "1 when /health says ok.", 1.0 if svc.health()[0] else 0.0),
+        ):
+            gg = GaugeMetricFamily(name, doc)
+            gg.add_metric([], value)
+            yield gg
+        info = GaugeMetricFamily("cuecam_info", "Build and board.", labels=["version", "board", "kind", "model"])
+        info.add_metric([__version__, svc.config.board.name, svc.config.board.kind, svc.detector_name], 1.0)
+        yield info
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS])
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI])
+
+
+# -- the route table --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: bool = True
+    params: tuple[IntParam, ...] = ()
+    content_type: str = "application/json"
+    response: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["status", "message"],
+            "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+        }
+    },
+}
+_HEALTH_SCHEMA = {
+    "type": "object",
+    "required": ["status", "reason", "uptime_s"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "reason": {"type": ["string", "null"]},
+        "uptime_s": {"type": "number"},
+    },
+}
+_DETECTIONS_SCHEMA = {
+    "type": "object",
+    "required": ["cursor", "lost", "more", "frames"],
+    "properties": {
+        "cursor": {"type": "integer", "description": "Pass back as `since` to continue."},
+        "lost": {"type": "integer", "description": "Frames after `since` already overwritten."},
+        "more": {"type": "boolean"},
+        "frames": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["seq", "frame_id", "t_wall", "t_mono", "capped", "people"],
+                "additionalProperties": False,
+                "properties": {
+                    "seq": {"type": "integer"},
+                    "frame_id": {"type": "integer"},
+                    "t_wall": {"type": "number"},
+                    "t_mono": {"type": "number"},
+                    "capped": {"type": "boolean"},
+                    "people": {
+                        "type": "array",
+                        "maxItems": 100,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["box", "score"],
+                            "properties": {
+                                "box": {
+                                    "type": "array",
+                                    "items": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "minItems": 4,
+                                    "maxItems": 4,
+                                    "description": "x0, y0, x1, y1 normalized to the frame",
+                                },
+                                "score": {"type": "number"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/health", health, "Liveness and readiness: ok, or degraded with a reason.", auth=False,
+          response=_HEALTH_SCHEMA),
+    Route("GET", "/v1/status", status, "Board, model, frame rate, inference latency, drops, uptime, buffer fill."),
+    Route("GET", "/v1/detections", detections, "Person boxes per processed frame after a cursor.",
+          params=DETECTION_PARAMS, response=_DETECTIONS_SCHEMA),
+    Route("GET", "/metrics", metrics, "Prometheus metrics.", content_type="text/plain",
+          response={"type": "string"}),
+    Route("GET", "/openapi.json", openapi, "This document."),
+)
+PUBLIC_PATHS = frozenset(r.path for r in ROUTES if not r.auth)
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for r in ROUTES:
+        responses: dict[str, Any] = {
+            "200": {"description": "OK", "content": {r.content_type: {"schema": r.response}}},
+        }
+        if r.path == "/health":
+            responses["503"] = {"description": "Degraded", "content": {"application/json": {"schema": _HEALTH_SCHEMA}}}
+        if r.auth:
+            responses["401"] = {"description": "Missing or wrong bearer token",
+                                "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+        if r.params:
+            responses["400"] = {"description": "Bad query parameter",
+                                "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+        op: dict[str, Any] = {
+            "summary": r.summary,
+            "operationId": r.handler.__name__,
+            "parameters": [
+                {"name": p.name, "in": "query", "required": False, "description": p.description, "schema": p.schema()}
+                for p in r.params
+            ],
+            "responses": responses,
+        }
+        op["security"] = [{"bearer": []}] if r.auth else []
+        paths.setdefault(r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "cuecam device API", "version": __version__},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }
+
+
+OPENAPI = web.AppKey("openapi", dict)
+METRICS = web.AppKey("metrics", CollectorRegistry)
+
+
+# -- middlewares ------------------------------------------------------------------------------
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        message = e.reason if e.status != 404 else f"no route {request.method} {request.path}; see /openapi.json"
+        resp = json_error(e.status, message)
+        for h in ("Allow", "WWW-Authenticate"):
+            if h in e.headers:
+                resp.headers[h] = e.headers[h]
+        return resp
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "internal error; the device log has details")
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None or resource.canonical in PUBLIC_PATHS or request.match_info.http_exception is not None:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented or not request.app[TOKEN].matches(presented.strip()):
+        raise web.HTTPUnauthorized(
+            reason="missing or wrong bearer token (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": 'Bearer realm="cuecam"'},
+        )
+    return await handler(request)
+
+
+def build_app(svc: Service, token: Token, *, manage_service: bool = True) -> web.Application:
+    """The aiohttp application. With ``manage_service`` the pipeline starts and stops with it."""
+    app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=MAX_BODY)
+    app[SERVICE] = svc
+    app[TOKEN] = token
+    app[OPENAPI] = openapi_document()
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_ServiceCollector(svc))  # type: ignore[arg-type]
+    app[METRICS] = registry
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, r.handler)
+    if manage_service:
+
+        async def service_ctx(_app: web.Application) -> Any:
+            await svc.start()
+            yield
+            await svc.stop()
+
+        app.cleanup_ctx.append(service_ctx)
+    return app

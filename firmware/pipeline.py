@@ -1,0 +1,200 @@
+"""The frame pipeline: camera -> bounded queue -> inference worker thread -> ring buffer.
+
+Decoding or capture runs on the camera's thread and inference on its own worker thread, so they
+overlap and the event loop only moves small objects between them. The queue between camera and
+inference is bounded: for a live source the oldest frame is dropped when inference is behind
+(and counted), for a source that waits (replay as fast as possible) the camera waits instead.
+A frame's pixels are released as soon as the detector has run; only boxes go further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .camera import Camera, Frame
+from .errors import CameraError
+from .inference import Detector
+from .ringbuffer import RingBuffer
+
+log = logging.getLogger(__name__)
+
+
+def detection_dtype(max_detections: int) -> np.dtype:
+    """One ring-buffer record per processed frame: boxes and scores, no pixels."""
+    return np.dtype(
+        [
+            ("seq", "u8"),
+            ("frame_id", "u8"),
+            ("t_mono", "f8"),  # capture time, monotonic clock (replay: the footage's timeline)
+            ("t_wall", "f8"),  # wall-clock time the record was stored
+            ("count", "u2"),
+            ("capped", "?"),
+            ("infer_ms", "f4"),
+            ("boxes", "f4", (max_detections, 4)),
+            ("scores", "f4", (max_detections,)),
+        ]
+    )
+
+
+@dataclass
+class PipelineStats:
+    started: float
+    frames_captured: int = 0
+    frames_processed: int = 0
+    frames_dropped: int = 0
+    inference_errors: int = 0
+    camera_restarts: int = 0
+    last_capture: float | None = None
+    last_processed: float | None = None
+    first_detection: float | None = None
+    state: str = "starting"  # starting | running | ended | error | stopped
+    error: str | None = None
+    infer_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=1000))
+    processed_at: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=2000))
+
+    def fps(self, now: float, window: float = 10.0) -> float:
+        ts = [t for t in self.processed_at if t >= now - window]
+        if len(ts) < 2:
+            return 0.0
+        return (len(ts) - 1) / max(ts[-1] - ts[0], 1e-9)
+
+    def infer_percentiles(self) -> tuple[float | None, float | None]:
+        if not self.infer_ms:
+            return None, None
+        p50, p99 = np.percentile(np.fromiter(self.infer_ms, dtype=np.float64), [50, 99])
+        return float(p50), float(p99)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        camera: Camera,
+        detector: Detector,
+        buffer: RingBuffer,
+        queue_size: int = 2,
+        retry_camera: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.camera = camera
+        self.detector = detector
+        self.buffer = buffer
+        self.retry_camera = retry_camera
+        self._clock = clock
+        self._wall = wall_clock
+        self._queue: asyncio.Queue[Frame | None] = asyncio.Queue(maxsize=queue_size)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cuecam-inference")
+        self.stats = PipelineStats(started=clock())
+        self.max_detections = int(buffer.dtype["boxes"].shape[0])
+
+    async def run(self) -> None:
+        """Run until the source ends or the task is cancelled. The camera must already be open."""
+        self.stats.state = "running"
+        producer = asyncio.create_task(self._produce(), name="cuecam-capture")
+        consumer = asyncio.create_task(self._consume(), name="cuecam-inference")
+        try:
+            await asyncio.wait({producer, consumer}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer.done():  # the consumer only ends early by crashing
+                e = consumer.exception()
+                log.error("pipeline stopped: %r", e, exc_info=e)
+                self.stats.state, self.stats.error = "error", f"pipeline: {e!r}"
+                return
+            await producer  # the source ended or failed for good: let inference drain the queue
+            await self._queue.put(None)
+            await consumer
+        finally:
+            for t in (producer, consumer):
+                t.cancel()
+            await asyncio.gather(producer, consumer, return_exceptions=True)
+
+    async def _produce(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                frame = await self.camera.read()
+            except CameraError as e:
+                self.stats.error = str(e)
+                if not self.retry_camera:
+                    log.error("camera stopped: %s", e)
+                    self.stats.state = "error"
+                    return
+                log.error("camera failed: %s; reopening in %.0f s", e, backoff)
+                self.stats.state = "error"
+                await self.camera.close()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                try:
+                    await self.camera.open()
+                    self.stats.camera_restarts += 1
+                    self.stats.state, self.stats.error = "running", None
+                except CameraError as e2:
+                    self.stats.error = str(e2)
+                continue
+            if frame is None:
+                self.stats.state = "ended"
+                log.info("camera source ended after %d frames", self.stats.frames_captured)
+                return
+            backoff = 1.0
+            self.stats.frames_captured += 1
+            self.stats.last_capture = self._clock()
+            if self.camera.live:
+                if self._queue.full():
+                    self._queue.get_nowait()  # drop the oldest: fresh frames matter more
+                    self.stats.frames_dropped += 1
+                self._queue.put_nowait(frame)
+            else:
+                await self._queue.put(frame)
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (frame := await self._queue.get()) is not None:
+            try:
+                dets = await loop.run_in_executor(self._executor, self.detector.detect, frame.image)
+            except Exception as e:  # one bad frame must not stop the device
+                self.stats.inference_errors += 1
+                self.stats.error = f"inference failed: {e}"
+                log.exception("inference failed on frame %d", frame.frame_id)
+                continue
+            frame_id, t_mono = frame.frame_id, frame.t_mono
+            del frame  # the pixels go no further than this
+            n = len(dets)
+            boxes = np.zeros((self.max_detections, 4), np.float32)
+            scores = np.zeros(self.max_detections, np.float32)
+            boxes[:n], scores[:n] = dets.boxes[: self.max_detections], dets.scores[: self.max_detections]
+            self.buffer.append(
+                frame_id=frame_id,
+                t_mono=t_mono,
+                t_wall=self._wall(),
+                count=n,
+                capped=dets.capped,
+                infer_ms=dets.infer_ms,
+                boxes=boxes,
+                scores=scores,
+            )
+            now = self._clock()
+            st = self.stats
+            st.frames_processed += 1
+            st.last_processed = now
+            st.infer_ms.append(dets.infer_ms)
+            st.processed_at.append(now)
+            if n and st.first_detection is None:
+                st.first_detection = now
+
+    async def close(self) -> None:
+        """Close the camera and join the inference thread. Never raises."""
+        await self.camera.close()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        except Exception as e:
+            log.warning("inference thread did not stop cleanly: %s", e)
+        if self.stats.state in ("running", "starting"):
+            self.stats.state = "stopped"

@@ -1,0 +1,120 @@
+"""Fixed-capacity, preallocated record store.
+
+Records live in one numpy structured array allocated at start; appending overwrites the oldest
+record once the buffer is full, so memory never grows. Every record gets a sequence number
+(``seq``, starting at 1, never reused) that clients use as a cursor: ``since(cursor)`` returns the
+records after it and says how many were overwritten before the client could read them.
+
+All methods are meant to be called from one thread (the event loop); nothing here locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """Records returned by a query, in ascending ``seq`` order."""
+
+    records: np.ndarray
+    cursor: int  # pass back as ``since`` to continue after these records
+    lost: int  # records after the requested cursor that were already overwritten
+    more: bool  # further records are available beyond ``limit``
+
+
+class RingBuffer:
+    def __init__(self, dtype: np.dtype[Any] | list[tuple[Any, ...]], capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        dt = np.dtype(dtype)
+        names = dt.names or ()
+        if "seq" not in names or "t_wall" not in names:
+            raise ValueError("record dtype needs 'seq' and 't_wall' fields")
+        self._data = np.zeros(capacity, dtype=dt)
+        self._zero = np.zeros((), dtype=dt)
+        self._capacity = capacity
+        self._next_seq = 1
+        self._first_kept = 1  # raised by clear(): records before it are gone even if in range
+
+    # -- size -------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self._data.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._data.nbytes)
+
+    def __len__(self) -> int:
+        return self._next_seq - self._first_valid()
+
+    @property
+    def oldest_seq(self) -> int:
+        """Sequence number of the oldest slot not yet overwritten."""
+        return max(1, self._next_seq - self._capacity)
+
+    @property
+    def newest_seq(self) -> int:
+        return self._next_seq - 1
+
+    # -- writes -----------------------------------------------------------------------------
+    def append(self, **fields: Any) -> int:
+        """Store one record (missing fields are zero) and return its sequence number."""
+        seq = self._next_seq
+        i = seq % self._capacity
+        self._data[i] = self._zero
+        for name, value in fields.items():
+            self._data[name][i] = value
+        self._data["seq"][i] = seq
+        self._next_seq = seq + 1
+        return seq
+
+    def clear(self) -> int:
+        """Zero every record (not just forget them); return how many were held."""
+        n = len(self)
+        self._data[...] = 0
+        # Sequence numbers keep counting so cursors held by clients stay meaningful.
+        self._first_kept = self._next_seq
+        return n
+
+    # -- reads ------------------------------------------------------------------------------
+    def _take(self, first: int, last: int) -> np.ndarray:
+        """Copy records first..last (inclusive sequence numbers)."""
+        if last < first:
+            return self._data[:0].copy()
+        idx = np.arange(first, last + 1, dtype=np.int64) % self._capacity
+        return self._data[idx]  # fancy indexing copies
+
+    def _first_valid(self) -> int:
+        return max(self.oldest_seq, self._first_kept)
+
+    def since(self, cursor: int, limit: int) -> Slice:
+        """Records with ``seq > cursor``, at most ``limit`` of them, oldest first."""
+        if cursor < 0 or limit < 1:
+            raise ValueError("cursor must be >= 0 and limit >= 1")
+        first_valid = self._first_valid()
+        first = max(cursor + 1, first_valid)
+        lost = max(0, min(first_valid, self._next_seq) - (cursor + 1))
+        last = min(self.newest_seq, first + limit - 1)
+        recs = self._take(first, last)
+        return Slice(recs, cursor=max(cursor, last), lost=lost, more=last < self.newest_seq)
+
+    def between(self, t0: float, t1: float, limit: int) -> Slice:
+        """Records with ``t0 <= t_wall < t1`` (wall clock), at most ``limit``, oldest first."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        recs = self._take(self._first_valid(), self.newest_seq)
+        t = recs["t_wall"]
+        sel = recs[(t >= t0) & (t < t1)]
+        more = len(sel) > limit
+        sel = sel[:limit]
+        cursor = int(sel["seq"][-1]) if len(sel) else 0
+        return Slice(sel, cursor=cursor, lost=0, more=more)

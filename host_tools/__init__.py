@@ -1,0 +1,1 @@
+"""Tools that run on the store's gateway or an integrator's laptop, not on the camera."""
