@@ -1,0 +1,38 @@
+"""Shared fixtures: where the real models and footage are, and how to get them when absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("CUECAM_SHARED", ROOT.parent / "shared"))
+MODELS_DIR = ROOT / "models"
+MEDIA_DIR = ROOT / "media"
+SIM_CONFIG = ROOT / "board_configs" / "sim.yaml"
+VTEST = MEDIA_DIR / "vtest.avi"
+
+
+def _need(path: Path, how: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is missing: {how}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    _need(MODELS_DIR / "coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite",
+          "run `make models` (copies from ../shared/models, see ../shared/ASSETS.md)")
+    return MODELS_DIR
+
+
+@pytest.fixture(scope="session")
+def vtest() -> Path:
+    return _need(VTEST, "run `make media` (links ../shared/media/vtest.avi, see ../shared/ASSETS.md)")
+
+
+@pytest.fixture(scope="session")
+def shared_media() -> Path:
+    return _need(MEDIA_DIR, "run `make media`")
