@@ -36,3 +36,23 @@ def vtest() -> Path:
 @pytest.fixture(scope="session")
 def shared_media() -> Path:
     return _need(MEDIA_DIR, "run `make media`")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and v.get("type", out[k].get("type")) == out[k].get("type"):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def sim_config(overrides: dict | None = None):
+    """board_configs/sim.yaml with overrides merged in and validated again (paths still resolve
+    relative to board_configs/). A camera override with another ``type`` replaces the section."""
+    from firmware.config import Config, LoadedConfig, load_config
+
+    loaded = load_config(SIM_CONFIG)
+    data = _merge(loaded.config.model_dump(), overrides or {})
+    return LoadedConfig(Config.model_validate(data), loaded.path)

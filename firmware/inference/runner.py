@@ -8,6 +8,7 @@ and dequantizing outputs. It is not thread-safe: one runner is used from one wor
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 from types import ModuleType
 from typing import Any, Callable
@@ -83,6 +84,9 @@ class ModelRunner:
         if delegate == "edgetpu":
             loader = load_delegate or mod.load_delegate
             try:
+                # Probe the library first: when it is missing, the runtime's Delegate object
+                # fails half-built and prints a spurious traceback when collected.
+                ctypes.CDLL(EDGETPU_LIB)
                 delegates.append(loader(EDGETPU_LIB))
             except (ValueError, OSError, RuntimeError) as e:
                 raise InferenceError(

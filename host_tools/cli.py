@@ -1,0 +1,73 @@
+"""``cuecam``: the integrator's command line for talking to camera boards.
+
+    cuecam device health     --url http://127.0.0.1:8080
+    cuecam device status     --url URL [--token-file FILE]
+    cuecam device detections --url URL [--since N] [--limit N]
+
+The token comes from --token-file, else $CUECAM_API_TOKEN. Output is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+MAX_RESPONSE = 16 * 1024 * 1024
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        return Path(args.token_file).read_text(encoding="utf-8").strip()
+    return os.environ.get("CUECAM_API_TOKEN")
+
+
+def _get(url: str, token: str | None, timeout: float) -> tuple[int, Any]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read(MAX_RESPONSE))
+    except urllib.error.HTTPError as e:
+        body = e.read(MAX_RESPONSE)
+        try:
+            return e.code, json.loads(body)
+        except ValueError:
+            return e.code, {"error": {"status": e.code, "message": body.decode("utf-8", "replace")[:500]}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cuecam", description="Talk to cuecam camera boards.")
+    sub = ap.add_subparsers(dest="group", required=True)
+    dev = sub.add_parser("device", help="query one camera board's API")
+    dsub = dev.add_subparsers(dest="cmd", required=True)
+    for name, help_ in (("health", "liveness (no token needed)"), ("status", "board, model, fps, latency, drops"),
+                        ("detections", "person boxes per frame after a cursor")):
+        p = dsub.add_parser(name, help=help_)
+        p.add_argument("--url", default=os.environ.get("CUECAM_URL", "http://127.0.0.1:8080"))
+        p.add_argument("--token-file", help="file holding the device's API token (default: $CUECAM_API_TOKEN)")
+        p.add_argument("--timeout", type=float, default=5.0)
+        if name == "detections":
+            p.add_argument("--since", type=int, default=0)
+            p.add_argument("--limit", type=int, default=100)
+    args = ap.parse_args(argv)
+    path = {"health": "/health", "status": "/v1/status", "detections": "/v1/detections"}[args.cmd]
+    if args.cmd == "detections":
+        path += "?" + urllib.parse.urlencode({"since": args.since, "limit": args.limit})
+    try:
+        code, body = _get(args.url.rstrip("/") + path, _token(args), args.timeout)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot reach {args.url}: {e}", file=sys.stderr)
+        return 1
+    json.dump(body, sys.stdout, indent=2)
+    print()
+    return 0 if code == 200 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

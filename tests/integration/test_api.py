@@ -1,0 +1,129 @@
+"""The device API on a real aiohttp server on loopback, with the real detector on real footage."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+
+from firmware.app import build_service
+from firmware.http.app import ROUTES, build_app
+from tests.conftest import sim_config
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def client(models_dir, vtest):
+    loaded = sim_config({"camera": {"pacing": "realtime"}})
+    svc, token = await build_service(loaded, token_env={"CUECAM_API_TOKEN": TOKEN})
+    server = TestServer(build_app(svc, token), host="127.0.0.1")
+    async with TestClient(server) as c:
+        c.svc = svc  # type: ignore[attr-defined]
+        yield c
+
+
+async def _wait_for_frames(client, n: int = 3, timeout: float = 15.0) -> None:
+    for _ in range(int(timeout / 0.1)):
+        if client.svc.pipeline.stats.frames_processed >= n:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the pipeline processed no frames")
+
+
+async def test_health_needs_no_token_and_turns_ok(client):
+    r = await client.get("/health")
+    assert r.status in (200, 503)
+    await _wait_for_frames(client)
+    r = await client.get("/health")
+    body = await r.json()
+    assert r.status == 200 and body["status"] == "ok" and body["reason"] is None
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.auth], ids=lambda r: r.path)
+async def test_every_other_route_requires_the_token(client, route):
+    r = await client.request(route.method, route.path)
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert (await r.json())["error"]["status"] == 401
+    r = await client.request(route.method, route.path, headers={"Authorization": "Bearer wrong-token-xxxxxxxx"})
+    assert r.status == 401
+    r = await client.request(route.method, route.path, headers={"Authorization": f"Basic {TOKEN}"})
+    assert r.status == 401
+    r = await client.request(route.method, route.path, headers=AUTH)
+    assert r.status == 200
+
+
+async def test_status_reports_the_board(client):
+    await _wait_for_frames(client, 5)
+    s = await (await client.get("/v1/status", headers=AUTH)).json()
+    assert s["board"] == {"name": "sim-1", "kind": "sim"}
+    assert s["model"]["name"] == "ssd_mobilenet_v1" and s["model"]["runtime"] in ("litert", "tflite-runtime")
+    assert s["frames"]["processed"] >= 5 and s["frames"]["dropped"] >= 0
+    assert 0 < s["inference_ms"]["p50"] <= s["inference_ms"]["p99"]
+    assert s["buffer"]["capacity"] == 6000 and s["buffer"]["records"] >= 5
+    assert s["uptime_s"] > 0 and s["fps"] > 0
+
+
+async def test_detections_page_with_the_cursor(client):
+    await _wait_for_frames(client, 6)
+    body = await (await client.get("/v1/detections?limit=3", headers=AUTH)).json()
+    assert len(body["frames"]) == 3 and body["more"] is True and body["lost"] == 0
+    seqs = [f["seq"] for f in body["frames"]]
+    assert seqs == sorted(seqs) and body["cursor"] == seqs[-1]
+    nxt = await (await client.get(f"/v1/detections?since={body['cursor']}&limit=3", headers=AUTH)).json()
+    assert nxt["frames"][0]["seq"] == seqs[-1] + 1
+    people = [p for f in body["frames"] + nxt["frames"] for p in f["people"]]
+    assert people, "vtest.avi shows people in its first frames"
+    for p in people:
+        assert set(p) == {"box", "score"}
+        x0, y0, x1, y1 = p["box"]
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 and 0.5 <= p["score"] <= 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["since=-1", "since=abc", "since=1.5", "limit=0", "limit=100000", "limit=", "colour=red", "since=1&since=2",
+     "since=99999999999999999999999"],
+)
+async def test_bad_query_parameters_get_400_json(client, query):
+    r = await client.get(f"/v1/detections?{query}", headers=AUTH)
+    assert r.status == 400
+    err = (await r.json())["error"]
+    assert err["status"] == 400 and err["message"]
+
+
+async def test_unknown_route_and_method_get_json_errors(client):
+    r = await client.get("/v2/nothing", headers=AUTH)
+    assert r.status == 404 and (await r.json())["error"]["status"] == 404
+    r = await client.get("/nothing")
+    assert r.status == 404
+    r = await client.post("/v1/status", headers=AUTH, data=b"{}")
+    assert r.status == 405 and (await r.json())["error"]["status"] == 405
+
+
+async def test_openapi_lists_exactly_the_served_routes(client):
+    doc = await (await client.get("/openapi.json", headers=AUTH)).json()
+    validate(doc)  # a valid OpenAPI 3.1 document
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    served = {
+        (r.method, r.resource.canonical)
+        for r in client.server.app.router.routes()
+        if r.method != "HEAD" and r.resource is not None
+    }
+    assert documented == served
+    assert doc["paths"]["/health"]["get"]["security"] == []
+    assert all(op["security"] for p, ops in doc["paths"].items() if p != "/health" for op in ops.values())
+
+
+async def test_metrics_are_prometheus_text(client):
+    await _wait_for_frames(client, 3)
+    r = await client.get("/metrics", headers=AUTH)
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+    fams = {f.name: f for f in text_string_to_metric_families(await r.text())}
+    assert fams["cuecam_frames_processed"].samples[0].value >= 3
+    assert {"cuecam_frames_dropped", "cuecam_inference_ms", "cuecam_fps", "cuecam_buffer_capacity"} <= set(fams)
