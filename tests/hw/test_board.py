@@ -1,0 +1,50 @@
+"""On-board tests: run on a Raspberry Pi with a camera (and a Coral for the Edge TPU test) with
+`pytest -m hw tests/hw`. They are deselected by default and skip where the hardware is absent."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from firmware.camera.picam import PicameraCamera
+from firmware.config import PicameraConfig
+from firmware.inference.runner import ModelRunner
+from firmware.models import load_manifest, resolve_model
+
+pytestmark = pytest.mark.hw
+
+
+@pytest.mark.parametrize("lores_format", ["YUV420", "RGB888"])
+async def test_picamera2_gives_rgb_lores_frames_at_the_frame_rate(lores_format):
+    pytest.importorskip("picamera2", reason="picamera2 only exists on Raspberry Pi OS")
+    cfg = PicameraConfig(type="picamera2", resolution=[1280, 720], lores=[320, 240], lores_format=lores_format,
+                         framerate=10.0)
+    cam = PicameraCamera(cfg)
+    await cam.open()
+    try:
+        t0 = time.monotonic()
+        frames = [await cam.read() for _ in range(20)]
+        elapsed = time.monotonic() - t0
+    finally:
+        await cam.close()
+    assert all(f.image.shape == (240, 320, 3) and f.image.dtype == np.uint8 for f in frames)
+    assert [f.frame_id for f in frames] == list(range(1, 21))
+    assert np.all(np.diff([f.t_mono for f in frames]) > 0)
+    assert 1.0 <= elapsed <= 4.0  # ~2 s at 10 fps
+    assert np.std(frames[-1].image) > 1.0  # a picture, not a blank buffer
+
+
+def test_edgetpu_runs_the_compiled_pose_model(models_dir):
+    from firmware.inference.runner import EDGETPU_LIB
+
+    ctypes = pytest.importorskip("ctypes")
+    try:
+        ctypes.CDLL(EDGETPU_LIB)
+    except OSError:
+        pytest.skip("no libedgetpu.so.1 on this board")
+    manifest = load_manifest(models_dir / "manifest.yaml")
+    runner = ModelRunner(resolve_model("movenet_lightning_edgetpu", models_dir, manifest), delegate="edgetpu")
+    (kp,) = runner.run(np.zeros((192, 192, 3), np.uint8))
+    assert kp.shape == (1, 1, 17, 3)

@@ -1,0 +1,135 @@
+"""Inference runner contract, run against every TFLite runtime installed on this machine."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from firmware.config import DetectorConfig, InferenceConfig
+from firmware.errors import InferenceError, ModelError
+from firmware.inference import create_detector
+from firmware.inference.detector_ssd import SsdDetector
+from firmware.inference.runner import ModelRunner, _input_lut, available_runtimes
+from firmware.models import load_manifest, resolve_model
+
+RUNTIMES = available_runtimes()
+
+
+@pytest.fixture(params=RUNTIMES or ["none"])
+def runtime(request):
+    if request.param == "none":
+        pytest.fail("no TFLite runtime importable: `pip install ai-edge-litert`")
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def manifest(models_dir):
+    return load_manifest(models_dir / "manifest.yaml")
+
+
+def _rgb(path):
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def test_litert_is_installed_and_preferred():
+    assert RUNTIMES and RUNTIMES[0] == "litert"
+
+
+def test_ssd_finds_the_couple(runtime, manifest, models_dir, shared_media):
+    model = resolve_model("ssd_mobilenet_v1", models_dir, manifest)
+    det = SsdDetector(ModelRunner(model, runtime=runtime, num_threads=2), DetectorConfig(score_threshold=0.5))
+    out = det.detect(_rgb(shared_media / "test_couple.jpg"))
+    assert det.runner.runtime == runtime
+    assert len(out) == 2  # two people standing, full body
+    assert out.boxes.dtype == np.float32 and out.boxes.shape == (2, 4)
+    assert (out.boxes[:, 2] > out.boxes[:, 0]).all() and (out.scores >= 0.5).all()
+    assert not out.capped and out.infer_ms > 0
+
+
+def test_max_detections_caps_and_reports_it(runtime, manifest, models_dir, shared_media):
+    model = resolve_model("ssd_mobilenet_v1", models_dir, manifest)
+    runner = ModelRunner(model, runtime=runtime, num_threads=2)
+    img = _rgb(shared_media / "basketball1.png")
+    full = SsdDetector(runner, DetectorConfig(score_threshold=0.3)).detect(img)
+    assert len(full) >= 2
+    one = SsdDetector(runner, DetectorConfig(score_threshold=0.3, max_detections=1)).detect(img)
+    assert len(one) == 1 and one.capped and one.scores[0] == full.scores.max()
+
+
+def test_pose_models_load_with_their_contract(runtime, manifest, models_dir, shared_media):
+    movenet = ModelRunner(resolve_model("movenet_lightning", models_dir, manifest), runtime=runtime)
+    x = cv2.resize(_rgb(shared_media / "test_couple.jpg"), movenet.input_size)
+    (kp,) = movenet.run(x)
+    assert kp.shape == (1, 1, 17, 3) and kp.dtype == np.float32
+    assert ((kp[..., :2] >= 0) & (kp[..., :2] <= 1)).all()
+    posenet = ModelRunner(resolve_model("posenet_mobilenet_v1", models_dir, manifest), runtime=runtime)
+    outs = posenet.run(np.zeros((353, 481, 3), np.uint8))
+    assert [o.shape for o in outs] == [(1, 23, 31, 17), (1, 23, 31, 34), (1, 23, 31, 64)]
+    assert all(o.dtype == np.float32 for o in outs)  # dequantized
+
+
+def test_edgetpu_model_is_refused_on_the_cpu(runtime, manifest, models_dir):
+    with pytest.raises(ModelError, match="compiled for the Edge TPU"):
+        ModelRunner(resolve_model("movenet_lightning_edgetpu", models_dir, manifest), runtime=runtime)
+
+
+def test_edgetpu_delegate_missing_is_a_clear_error(runtime, manifest, models_dir):
+    with pytest.raises(InferenceError, match="libedgetpu1-std"):
+        ModelRunner(resolve_model("ssd_mobilenet_v1", models_dir, manifest), runtime=runtime, delegate="edgetpu")
+
+
+def test_a_pose_model_is_refused_as_the_detector(manifest, models_dir):
+    cfg = InferenceConfig(detector=DetectorConfig(model="movenet_lightning"))
+    with pytest.raises(ModelError, match="pose_single model"):
+        create_detector(cfg, models_dir, manifest)
+
+
+def test_model_whose_outputs_do_not_match_the_decoder_is_refused(models_dir, tmp_path):
+    """A file that passes its manifest entry but is not an SSD: refused before it runs."""
+    shutil.copy(models_dir / "movenet_single_pose_lightning_ptq.tflite", tmp_path)
+    shutil.copy(models_dir / "coco_labels.txt", tmp_path)
+    text = (models_dir / "manifest.yaml").read_text()
+    text = text.replace(
+        "file: coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite\n    task: person_detection\n    decoder: ssd_postprocess"
+        "\n    accelerator: cpu\n    input: {shape: [1, 300, 300, 3], dtype: uint8, range: [-1.0, 1.0]}",
+        "file: movenet_single_pose_lightning_ptq.tflite\n    task: person_detection\n    decoder: ssd_postprocess"
+        "\n    accelerator: cpu\n    input: {shape: [1, 192, 192, 3], dtype: uint8, range: [-1.0, 1.0]}",
+    )
+    (tmp_path / "manifest.yaml").write_text(text)
+    m = load_manifest(tmp_path / "manifest.yaml")
+    with pytest.raises(ModelError, match=r"SSD decoder reads outputs.*1 outputs"):
+        create_detector(InferenceConfig(), tmp_path, m)
+
+
+def test_input_spec_mismatch_is_refused(models_dir, tmp_path):
+    shutil.copy(models_dir / "coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite", tmp_path)
+    shutil.copy(models_dir / "coco_labels.txt", tmp_path)
+    text = (models_dir / "manifest.yaml").read_text().replace("shape: [1, 300, 300, 3]", "shape: [1, 320, 320, 3]")
+    (tmp_path / "manifest.yaml").write_text(text)
+    with pytest.raises(ModelError, match=r"input is \[1, 300, 300, 3\] uint8 but models/manifest.yaml says"):
+        create_detector(InferenceConfig(), tmp_path, load_manifest(tmp_path / "manifest.yaml"))
+
+
+def test_wrong_image_is_a_value_error(runtime, manifest, models_dir):
+    det = SsdDetector(ModelRunner(resolve_model("ssd_mobilenet_v1", models_dir, manifest), runtime=runtime),
+                      DetectorConfig())
+    for bad in (np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32), np.zeros((10, 10, 4), np.uint8)):
+        with pytest.raises(ValueError, match="RGB uint8"):
+            det.detect(bad)
+
+
+def test_input_quantization_lookup():
+    # uint8 model trained on [-1, 1] with scale 1/128, zero point 128: pixels are the input
+    assert _input_lut(np.dtype(np.uint8), 1 / 128, 128, -1.0, 1.0) is None
+    # int8 model with the same real range: pixel p -> p - 128
+    lut = _input_lut(np.dtype(np.int8), 1 / 128, 0, -1.0, 1.0)
+    assert lut is not None and lut.dtype == np.int8
+    assert np.abs(lut.astype(int) - (np.arange(256) - 128)).max() <= 1
+    # float model on [0, 1]
+    f = _input_lut(np.dtype(np.float32), 0.0, 0, 0.0, 1.0)
+    assert f is not None and f[0] == 0.0 and np.isclose(f[255], 1.0)
+    # uint8 model on [0, 1] with scale 1/255: identity again
+    assert _input_lut(np.dtype(np.uint8), 1 / 255, 0, 0.0, 1.0) is None
