@@ -223,8 +223,13 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         problems = []
         for err in e.errors():
             path = _data_path(tuple(err["loc"]), data)
-            key = ".".join(str(p) for p in path) or "(top level)"
             msg = err["msg"]
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                # Point at the discriminator key itself (camera.type), not at the section holding it.
+                path = (*path, str(err.get("ctx", {}).get("discriminator", "type")).strip("'"))
+                if err["type"] == "union_tag_not_found":
+                    msg = "required key is missing"
+            key = ".".join(str(p) for p in path) or "(top level)"
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see board_configs/sim.yaml for every key)"
             elif err["type"] == "missing":

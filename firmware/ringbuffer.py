@@ -36,6 +36,7 @@ class RingBuffer:
             raise ValueError("record dtype needs 'seq' and 't_wall' fields")
         self._data = np.zeros(capacity, dtype=dt)
         self._zero = np.zeros((), dtype=dt)
+        self._scratch = np.zeros((), dtype=dt)
         self._capacity = capacity
         self._next_seq = 1
         self._first_kept = 1  # raised by clear(): records before it are gone even if in range
@@ -58,8 +59,8 @@ class RingBuffer:
 
     @property
     def oldest_seq(self) -> int:
-        """Sequence number of the oldest slot not yet overwritten."""
-        return max(1, self._next_seq - self._capacity)
+        """Sequence number of the oldest record held (``newest_seq + 1`` when empty, also after clear())."""
+        return max(1, self._next_seq - self._capacity, self._first_kept)
 
     @property
     def newest_seq(self) -> int:
@@ -69,11 +70,14 @@ class RingBuffer:
     def append(self, **fields: Any) -> int:
         """Store one record (missing fields are zero) and return its sequence number."""
         seq = self._next_seq
-        i = seq % self._capacity
-        self._data[i] = self._zero
+        # Build the record aside and store it in one copy: a bad field raises before the slot (the
+        # oldest record once full) is touched, instead of leaving it zeroed or half-written.
+        rec = self._scratch
+        rec[...] = self._zero
         for name, value in fields.items():
-            self._data[name][i] = value
-        self._data["seq"][i] = seq
+            rec[name] = value
+        rec["seq"] = seq
+        self._data[seq % self._capacity] = rec
         self._next_seq = seq + 1
         return seq
 

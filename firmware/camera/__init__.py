@@ -6,8 +6,8 @@ Backends are imported only when chosen, so picamera2 is never imported off a Pi.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..config import LoadedConfig, ReplayCameraConfig
 from .base import Camera, Frame

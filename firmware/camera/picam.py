@@ -8,7 +8,8 @@ so libcamera never runs short of buffers. Capture blocks, so it runs on the came
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np

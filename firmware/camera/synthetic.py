@@ -7,8 +7,9 @@ no hardware. Each frame carries ``truth``: the boxes it drew, normalized (x0, y0
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVICE = web.AppKey("service", "Service")
+SERVICE: web.AppKey[Service] = web.AppKey("service")
 TOKEN = web.AppKey("token", Token)
 MAX_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -144,15 +144,16 @@ class _ServiceCollector:
             g.add_metric(["0.5"], p50)
             g.add_metric(["0.99"], p99)
         yield g
-        for name, doc, value in (
+        gauges: tuple[tuple[str, str, float], ...] = (
             ("cuecam_fps", "Frames processed per second over the last 10 s.", st.fps(svc.now())),
             ("cuecam_buffer_records", "Records held in the ring buffer.", len(svc.buffer)),
             ("cuecam_buffer_capacity", "Ring buffer capacity in records.", svc.buffer.capacity),
             ("cuecam_uptime_seconds", "Seconds since the service started.", svc.uptime()),
             ("cuecam_healthy", "1 when /health says ok.", 1.0 if svc.health()[0] else 0.0),
-        ):
-            gg = GaugeMetricFamily(name, doc)
-            gg.add_metric([], value)
+        )
+        for gname, gdoc, gvalue in gauges:
+            gg = GaugeMetricFamily(gname, gdoc)
+            gg.add_metric([], gvalue)
             yield gg
         info = GaugeMetricFamily("cuecam_info", "Build and board.", labels=["version", "board", "kind", "model"])
         info.add_metric([__version__, svc.config.board.name, svc.config.board.kind, svc.detector_name], 1.0)

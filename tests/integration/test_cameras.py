@@ -125,11 +125,11 @@ async def test_image_folder_skips_undecodable_files_and_fails_when_none_decode(t
 async def test_empty_folder_and_oversized_frames_are_refused(tmp_path, vtest):
     (tmp_path / "empty").mkdir()
     cam = create_camera(sim_config({"camera": {"source": str(tmp_path / "empty")}}))
-    with pytest.raises(CameraError, match="no .jpg"):
+    with pytest.raises(CameraError, match=r"no \.jpg"):
         await cam.open()
     await cam.close()
     cam = create_camera(sim_config({"camera": {"source": str(vtest), "max_frame_pixels": 640 * 480}}))
-    with pytest.raises(CameraError, match="exceeds camera.max_frame_pixels"):
+    with pytest.raises(CameraError, match=r"exceeds camera\.max_frame_pixels"):
         await cam.open()
     await cam.close()
 
@@ -144,7 +144,7 @@ async def test_synthetic_scene_draws_its_scripted_people():
         f10 = await cam.read()
     await cam.close()
     assert f0.truth.shape == (1, 4) and f10.truth.shape == (1, 4)
-    x0, y0, x1, y1 = f10.truth[0]  # t = 0.9 s: centre at x = 0.1 + 0.8 * 0.45
+    x0, _y0, x1, y1 = f10.truth[0]  # t = 0.9 s: centre at x = 0.1 + 0.8 * 0.45
     assert np.isclose((x0 + x1) / 2, 0.46, atol=1e-6) and np.isclose(y1, 0.8)
     px = f10.image[int(0.7 * 240), int(0.46 * 320)]
     assert tuple(px) == (250, 10, 10)

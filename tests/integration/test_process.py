@@ -98,13 +98,13 @@ def test_source_overrides_the_replay_input_with_an_image_folder(models_dir, shar
     try:
         url = _wait_url(proc)
         for _ in range(100):
-            code, body = _get(url + "/v1/detections?limit=2")
+            _, body = _get(url + "/v1/detections?limit=2")
             if len(body["frames"]) == 2:
                 break
             time.sleep(0.1)
         # test_couple.jpg: two people standing; basketball1.png: players on a court
         assert [len(f["people"]) >= 1 for f in body["frames"]] == [True, True]
-        code, status = _get(url + "/v1/status")
+        _code, status = _get(url + "/v1/status")
         assert str(tmp_path) in status["camera"]["source"]
     finally:
         rc, err = _stop(proc)

@@ -4,6 +4,7 @@ directly (the runtime's own Interpreter, not cuecam's runner) on the same frames
 from __future__ import annotations
 
 import asyncio
+
 import cv2
 import numpy as np
 import pytest
@@ -68,7 +69,7 @@ def test_pipeline_matches_the_model_run_directly(processed):
     direct = _direct_people(frames, svc.config.inference.detector.score_threshold)
     counts = recs["count"].astype(int)
     assert list(counts) == [len(d) for d in direct]
-    for r, d in zip(recs, direct):
+    for r, d in zip(recs, direct, strict=False):
         got = np.sort(r["boxes"][: r["count"]], axis=0)
         want = np.sort(np.clip(d, 0, 1), axis=0)
         assert np.allclose(got, want, atol=1e-5)
