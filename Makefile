@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup venv models media run test test-all bench lint clean
+COMPAT_VENV ?= .venv-bookworm
+COMPAT_STAMP := $(COMPAT_VENV)/.installed-stamp
+
+.PHONY: help setup venv models media run test test-all test-compat bench lint clean
 
 help: ## print this help
 	@echo "cuecam make targets:"
@@ -44,6 +47,15 @@ test: setup ## run the default test suite (real models, real footage, loopback o
 test-all: setup ## the default suite plus slow tests
 	$(PY) -m pytest -m 'not hw' $(PYTEST_ARGS)
 
+$(COMPAT_STAMP): pyproject.toml tests/bookworm-constraints.txt
+	python3 -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -c tests/bookworm-constraints.txt -e '.[dev,tflite-runtime]'
+	touch $(COMPAT_STAMP)
+
+test-compat: setup $(COMPAT_STAMP) ## the real-model tests on Bookworm's numpy 1.24, with LiteRT and tflite-runtime
+	$(COMPAT_VENV)/bin/python -c "import numpy; assert numpy.__version__.startswith('1.24'), numpy.__version__"
+	$(COMPAT_VENV)/bin/python -m pytest tests/integration $(PYTEST_ARGS)
+
 bench: setup ## print throughput, start-up and memory figures (key: value lines)
 	$(PY) tests/bench/bench_pipeline.py
 
@@ -52,4 +64,4 @@ lint: venv ## ruff and mypy
 	$(VENV)/bin/mypy firmware ota host_tools
 
 clean: ## remove the venv, installed models and media links (not your token in .cuecam/)
-	rm -rf $(VENV) media models/*.tflite models/*.txt
+	rm -rf $(VENV) $(COMPAT_VENV) media models/*.tflite models/*.txt
