@@ -55,7 +55,7 @@ class RingBuffer:
         return int(self._data.nbytes)
 
     def __len__(self) -> int:
-        return self._next_seq - self._first_valid()
+        return self._next_seq - self.oldest_seq
 
     @property
     def oldest_seq(self) -> int:
@@ -97,14 +97,11 @@ class RingBuffer:
         idx = np.arange(first, last + 1, dtype=np.int64) % self._capacity
         return self._data[idx]  # fancy indexing copies
 
-    def _first_valid(self) -> int:
-        return max(self.oldest_seq, self._first_kept)
-
     def since(self, cursor: int, limit: int) -> Slice:
         """Records with ``seq > cursor``, at most ``limit`` of them, oldest first."""
         if cursor < 0 or limit < 1:
             raise ValueError("cursor must be >= 0 and limit >= 1")
-        first_valid = self._first_valid()
+        first_valid = self.oldest_seq
         first = max(cursor + 1, first_valid)
         lost = max(0, min(first_valid, self._next_seq) - (cursor + 1))
         last = min(self.newest_seq, first + limit - 1)
@@ -115,7 +112,7 @@ class RingBuffer:
         """Records with ``t0 <= t_wall < t1`` (wall clock), at most ``limit``, oldest first."""
         if limit < 1:
             raise ValueError("limit must be >= 1")
-        recs = self._take(self._first_valid(), self.newest_seq)
+        recs = self._take(self.oldest_seq, self.newest_seq)
         t = recs["t_wall"]
         sel = recs[(t >= t0) & (t < t1)]
         more = len(sel) > limit
