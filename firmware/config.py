@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -53,6 +53,9 @@ class SyntheticCameraConfig(_Strict):
     seed: int = Field(default=0, ge=0)
     frames: int | None = Field(default=None, ge=1)
     pacing: Literal["realtime", "fast"] = "realtime"
+    # A scene file (firmware/camera/scenes/*.yaml): real cut-out people on scripted paths. When
+    # set, people and seed are ignored and the frame size and rate come from the scene file.
+    scene: str | None = Field(default=None, min_length=1, max_length=4096)
 
 
 class PicameraConfig(_Strict):
@@ -123,6 +126,65 @@ class ApiConfig(_Strict):
         return v
 
 
+Point = Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=2, max_length=2)]
+WorldPoint = Annotated[list[Annotated[float, Field(ge=-1e4, le=1e4)]], Field(min_length=2, max_length=2)]
+
+
+class ZoneConfig(_Strict):
+    """A region of the image (normalized x, y; 0,0 top left) with a behavioural meaning.
+
+    attraction: a display, shelf or sign, with a focus point people may face and approach;
+    entrance, aisle: places where stays are measured; excluded: nothing is ever measured there."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    kind: Literal["attraction", "entrance", "aisle", "excluded"]
+    polygon: Annotated[list[Point], Field(min_length=3, max_length=64)]
+    focus: Point | None = None
+    # Approach/avoid is measured within this distance of the focus point: metres with a
+    # ground_plane, else person heights (box heights, ~1.7 m).
+    influence: float | None = Field(default=None, gt=0, le=100)
+    # Expected stay in seconds; when absent the zone learns it (running median, RAM only).
+    expected_dwell_s: float | None = Field(default=None, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _check(self) -> ZoneConfig:
+        if self.kind == "attraction" and self.focus is None:
+            raise ValueError("an attraction zone needs a focus point (the display or shelf people would face)")
+        if self.kind != "attraction" and (self.focus is not None or self.influence is not None):
+            raise ValueError("only attraction zones take focus and influence")
+        xs = [p[0] for p in self.polygon]
+        ys = [p[1] for p in self.polygon]
+        area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))
+        if area < 1e-4:
+            raise ValueError("polygon has (almost) no area")
+        return self
+
+
+class GroundPlaneConfig(_Strict):
+    """Four image points (normalized) and where they are on the floor (metres): speeds and
+    distances are then in metres instead of person heights."""
+
+    image: Annotated[list[Point], Field(min_length=4, max_length=4)]
+    world: Annotated[list[WorldPoint], Field(min_length=4, max_length=4)]
+
+
+class TrackingConfig(_Strict):
+    max_lost_s: float = Field(default=2.0, gt=0, le=10)
+    min_age_s: float = Field(default=0.3, ge=0, le=5)
+    high_score: float = Field(default=0.5, gt=0, le=1)
+    low_score: float = Field(default=0.3, gt=0, le=1)
+
+
+class SignalsConfig(_Strict):
+    window_s: float = Field(default=2.0, ge=0.5, le=60)
+    # Pose gives body orientation; `off` for weak boards (orientation then follows motion heading).
+    pose: Literal["off", "movenet"] = "movenet"
+    pose_model: str = Field(default="movenet_lightning", min_length=1, max_length=128)
+    pose_budget: int = Field(default=2, ge=0, le=16)  # pose invokes per frame, rotating through people
+    pose_min_box_px: float = Field(default=80.0, ge=0, le=4096)
+    capacity: int = Field(default=20_000, ge=16, le=200_000)  # vector records held in RAM
+
+
 class Config(_Strict):
     version: Literal[1]
     board: BoardConfig
@@ -130,6 +192,18 @@ class Config(_Strict):
     inference: InferenceConfig = InferenceConfig()
     buffer: BufferConfig = BufferConfig()
     api: ApiConfig = ApiConfig()
+    zones: Annotated[list[ZoneConfig], Field(max_length=64)] = []
+    ground_plane: GroundPlaneConfig | None = None
+    tracking: TrackingConfig = TrackingConfig()
+    signals: SignalsConfig = SignalsConfig()
+
+    @model_validator(mode="after")
+    def _unique_zones(self) -> Config:
+        names = [z.name for z in self.zones]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"zone names must be unique: {', '.join(dup)}")
+        return self
 
 
 class LoadedConfig:

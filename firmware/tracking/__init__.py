@@ -1,0 +1,1 @@
+"""Anonymous person tracking and zones: geometry only, never pixels or appearance."""
