@@ -1,0 +1,1 @@
+"""Behavioural signals computed from tracks and poses: no pixels, no identities."""
