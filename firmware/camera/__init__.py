@@ -9,7 +9,7 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import LoadedConfig, ReplayCameraConfig
+from ..config import LoadedConfig, ReplayCameraConfig, SyntheticCameraConfig
 from .base import Camera, Frame
 
 CAMERAS = {
@@ -28,6 +28,8 @@ def create_camera(loaded: LoadedConfig, *, source: Path | None = None, **kwargs:
     backend = getattr(importlib.import_module(module), cls)
     if isinstance(cfg, ReplayCameraConfig):
         camera: Camera = backend(cfg, source or loaded.resolve(cfg.source), **kwargs)
+    elif isinstance(cfg, SyntheticCameraConfig) and cfg.scene is not None:
+        camera = backend(cfg, scene_file=loaded.resolve(cfg.scene), **kwargs)
     else:
         camera = backend(cfg, **kwargs)
     return camera

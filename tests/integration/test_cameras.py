@@ -143,8 +143,9 @@ async def test_synthetic_scene_draws_its_scripted_people():
     for _ in range(9):
         f10 = await cam.read()
     await cam.close()
-    assert f0.truth.shape == (1, 4) and f10.truth.shape == (1, 4)
-    x0, _y0, x1, y1 = f10.truth[0]  # t = 0.9 s: centre at x = 0.1 + 0.8 * 0.45
+    assert f0.truth.shape == (1, 5) and f10.truth.shape == (1, 5)
+    actor, x0, _y0, x1, y1 = f10.truth[0]
+    assert actor == 0  # t = 0.9 s: centre at x = 0.1 + 0.8 * 0.45
     assert np.isclose((x0 + x1) / 2, 0.46, atol=1e-6) and np.isclose(y1, 0.8)
     px = f10.image[int(0.7 * 240), int(0.46 * 320)]
     assert tuple(px) == (250, 10, 10)
