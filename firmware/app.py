@@ -26,9 +26,12 @@ from .errors import CuecamError
 from .http.app import build_app
 from .http.auth import Token, load_token
 from .inference import Detector, create_detector
+from .inference.pose import PoseEstimator, create_pose_estimator
 from .models import load_manifest
 from .pipeline import Pipeline, detection_dtype
 from .ringbuffer import RingBuffer
+from .signals.analyzer import FrameAnalyzer
+from .signals.schema import VECTOR_DTYPE
 
 log = logging.getLogger("cuecam")
 STARTUP_GRACE_S = 15.0
@@ -43,6 +46,7 @@ class Service:
         *,
         camera: Camera,
         detector: Detector,
+        pose: PoseEstimator | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -52,11 +56,18 @@ class Service:
         self.detector = detector
         self.detector_name = detector.name
         self.now = clock
+        self.wall = wall_clock
+        self.speed_unit = "m/s" if cfg.ground_plane is not None else "person_heights/s"
+        self.pose = pose
+        self.zone_names = [z.name for z in cfg.zones]
         self.buffer = RingBuffer(detection_dtype(cfg.inference.detector.max_detections), cfg.buffer.capacity)
+        self.vectors = RingBuffer(VECTOR_DTYPE, cfg.signals.capacity)
+        self.analyzer = FrameAnalyzer(cfg, detector, pose)
         self.pipeline = Pipeline(
             camera=camera,
-            detector=detector,
+            analyzer=self.analyzer,
             buffer=self.buffer,
+            vectors=self.vectors,
             queue_size=cfg.inference.queue_size,
             retry_camera=cfg.camera.type == "picamera2",
             clock=clock,
@@ -100,6 +111,8 @@ class Service:
         st = self.pipeline.stats
         now = self.now()
         p50, p99 = st.infer_percentiles()
+        m50, m99 = st.percentiles(st.total_ms)
+        k50, k99 = st.percentiles(st.model_ms)
         cam = self.config.camera
         runner = self.detector.runner
         return {
@@ -119,7 +132,24 @@ class Service:
             "buffer": {"capacity": self.buffer.capacity, "records": len(self.buffer),
                        "fill": round(len(self.buffer) / self.buffer.capacity, 4), "bytes": self.buffer.nbytes,
                        "newest_seq": self.buffer.newest_seq},
+            "signals": {
+                "window_s": self.config.signals.window_s,
+                "pose": None if self.pose is None else self.pose.name,
+                "pose_invokes": st.pose_invokes,
+                "tracks": st.tracks,
+                "vectors": st.vectors,
+                "analysis_ms": {"p50": _r(m50), "p99": _r(m99)},
+                "models_ms": {"p50": _r(k50), "p99": _r(k99)},
+                "zones": [{"name": z.name, "kind": z.kind} for z in self.config.zones],
+                "buffer": {"capacity": self.vectors.capacity, "records": len(self.vectors),
+                           "fill": round(len(self.vectors) / self.vectors.capacity, 4), "bytes": self.vectors.nbytes,
+                           "newest_seq": self.vectors.newest_seq},
+            },
         }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
 
 
 def with_source(loaded: LoadedConfig, source: Path) -> LoadedConfig:
@@ -138,6 +168,10 @@ async def build_service(loaded: LoadedConfig, *, token_env: dict[str, str] | Non
     manifest_dir = loaded.resolve(cfg.inference.models_dir)
     manifest = load_manifest(manifest_dir / "manifest.yaml")
     detector = create_detector(cfg.inference, manifest_dir, manifest)
+    pose = None
+    if cfg.signals.pose != "off":
+        pose = create_pose_estimator(cfg.signals.pose_model, manifest_dir, manifest, runtime=cfg.inference.runtime,
+                                     threads=cfg.inference.threads, delegate=cfg.inference.delegate)
     token = load_token(
         loaded.resolve(cfg.api.token_file),
         generate=cfg.api.generate_token,
@@ -145,7 +179,7 @@ async def build_service(loaded: LoadedConfig, *, token_env: dict[str, str] | Non
     )
     camera = create_camera(loaded)
     await camera.open()
-    return Service(loaded, camera=camera, detector=detector), token
+    return Service(loaded, camera=camera, detector=detector, pose=pose), token
 
 
 async def serve(loaded: LoadedConfig, *, port: int | None = None, ready: Callable[[str], None] | None = None) -> int:

@@ -1,10 +1,11 @@
-"""The frame pipeline: camera -> bounded queue -> inference worker thread -> ring buffer.
+"""The frame pipeline: camera -> bounded queue -> analysis worker thread -> ring buffers.
 
 Decoding or capture runs on the camera's thread and inference on its own worker thread, so they
 overlap and the event loop only moves small objects between them. The queue between camera and
 inference is bounded: for a live source the oldest frame is dropped when inference is behind
 (and counted), for a source that waits (replay as fast as possible) the camera waits instead.
-A frame's pixels are released as soon as the detector has run; only boxes go further.
+A frame's pixels are released as soon as the analyzer (detector, tracker, pose, signals) has run
+on the worker thread; only boxes and sentiment vectors come back to the event loop.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 
 from .camera import Camera, Frame
 from .errors import CameraError
-from .inference import Detector
 from .ringbuffer import RingBuffer
+from .signals.analyzer import FrameAnalyzer
+from .signals.schema import record_fields
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,12 @@ class PipelineStats:
     first_detection: float | None = None
     state: str = "starting"  # starting | running | ended | error | stopped
     error: str | None = None
+    vectors: int = 0
+    tracks: int = 0  # confirmed tracks matched in the last frame
+    pose_invokes: int = 0
     infer_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=1000))
+    model_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=1000))
+    total_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=1000))
     processed_at: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=2000))
 
     def fps(self, now: float, window: float = 10.0) -> float:
@@ -67,9 +74,13 @@ class PipelineStats:
         return (len(ts) - 1) / max(ts[-1] - ts[0], 1e-9)
 
     def infer_percentiles(self) -> tuple[float | None, float | None]:
-        if not self.infer_ms:
+        return self.percentiles(self.infer_ms)
+
+    @staticmethod
+    def percentiles(values: collections.deque[float]) -> tuple[float | None, float | None]:
+        if not values:
             return None, None
-        p50, p99 = np.percentile(np.fromiter(self.infer_ms, dtype=np.float64), [50, 99])
+        p50, p99 = np.percentile(np.fromiter(values, dtype=np.float64), [50, 99])
         return float(p50), float(p99)
 
 
@@ -78,16 +89,18 @@ class Pipeline:
         self,
         *,
         camera: Camera,
-        detector: Detector,
+        analyzer: FrameAnalyzer,
         buffer: RingBuffer,
+        vectors: RingBuffer,
         queue_size: int = 2,
         retry_camera: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.camera = camera
-        self.detector = detector
+        self.analyzer = analyzer
         self.buffer = buffer
+        self.vectors = vectors
         self.retry_camera = retry_camera
         self._clock = clock
         self._wall = wall_clock
@@ -158,7 +171,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         while (frame := await self._queue.get()) is not None:
             try:
-                dets = await loop.run_in_executor(self._executor, self.detector.detect, frame.image)
+                res = await loop.run_in_executor(self._executor, self.analyzer.process, frame.image, frame.t_mono)
             except Exception as e:  # one bad frame must not stop the device
                 self.stats.inference_errors += 1
                 self.stats.error = f"inference failed: {e}"
@@ -166,6 +179,7 @@ class Pipeline:
                 continue
             frame_id, t_mono = frame.frame_id, frame.t_mono
             del frame  # the pixels go no further than this
+            dets = res.detections
             n = len(dets)
             boxes = np.zeros((self.max_detections, 4), np.float32)
             scores = np.zeros(self.max_detections, np.float32)
@@ -180,8 +194,17 @@ class Pipeline:
                 boxes=boxes,
                 scores=scores,
             )
+            wall = self._wall()
+            for v in res.vectors:
+                # the window ended (t_mono - v.t_end) seconds of footage before this frame
+                self.vectors.append(**record_fields(v, wall - max(t_mono - v.t_end, 0.0)))
             now = self._clock()
             st = self.stats
+            st.vectors += len(res.vectors)
+            st.tracks = res.tracks
+            st.pose_invokes += res.pose_invokes
+            st.model_ms.append(res.model_ms)
+            st.total_ms.append(res.total_ms)
             st.frames_processed += 1
             st.last_processed = now
             st.infer_ms.append(dets.infer_ms)

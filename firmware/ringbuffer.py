@@ -10,6 +10,7 @@ All methods are meant to be called from one thread (the event loop); nothing her
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,16 +98,25 @@ class RingBuffer:
         idx = np.arange(first, last + 1, dtype=np.int64) % self._capacity
         return self._data[idx]  # fancy indexing copies
 
-    def since(self, cursor: int, limit: int) -> Slice:
-        """Records with ``seq > cursor``, at most ``limit`` of them, oldest first."""
+    def since(self, cursor: int, limit: int, where: Callable[[np.ndarray], np.ndarray] | None = None) -> Slice:
+        """Records with ``seq > cursor``, at most ``limit`` of them, oldest first.
+
+        ``where`` (records -> boolean mask) keeps only matching records; the returned cursor then
+        skips past the non-matching ones too, so paging never re-reads them."""
         if cursor < 0 or limit < 1:
             raise ValueError("cursor must be >= 0 and limit >= 1")
         first_valid = self.oldest_seq
         first = max(cursor + 1, first_valid)
         lost = max(0, min(first_valid, self._next_seq) - (cursor + 1))
-        last = min(self.newest_seq, first + limit - 1)
-        recs = self._take(first, last)
-        return Slice(recs, cursor=max(cursor, last), lost=lost, more=last < self.newest_seq)
+        if where is None:
+            last = min(self.newest_seq, first + limit - 1)
+            return Slice(self._take(first, last), cursor=max(cursor, last), lost=lost, more=last < self.newest_seq)
+        recs = self._take(first, self.newest_seq)
+        recs = recs[where(recs)]
+        if len(recs) > limit:
+            recs = recs[:limit]
+            return Slice(recs, cursor=int(recs["seq"][-1]), lost=lost, more=True)
+        return Slice(recs, cursor=max(cursor, self.newest_seq), lost=lost, more=False)
 
     def between(self, t0: float, t1: float, limit: int) -> Slice:
         """Records with ``t0 <= t_wall < t1`` (wall clock), at most ``limit``, oldest first."""

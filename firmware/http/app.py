@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import __version__
+from ..signals.schema import AGGREGATES_SCHEMA, SCHEMA, VECTORS_SCHEMA, aggregates, to_json
 from .auth import Token
 
 if TYPE_CHECKING:
@@ -55,28 +56,46 @@ class IntParam:
             s["maximum"] = self.maximum
         return s
 
+    def parse(self, raw: str, svc: Service) -> int:
+        if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+            raise web.HTTPBadRequest(reason=f"query parameter {self.name!r} must be a non-negative integer, got {raw[:40]!r}")
+        v = int(raw)
+        hi = self.maximum if self.maximum is not None else svc.config.api.max_limit
+        if v < self.minimum or v > hi:
+            raise web.HTTPBadRequest(reason=f"query parameter {self.name!r} must be between {self.minimum} and {hi}, got {v}")
+        return v
 
-def parse_query(request: web.Request, params: tuple[IntParam, ...], max_limit: int) -> dict[str, int]:
+
+@dataclass(frozen=True)
+class ZoneParam:
+    name: str
+    description: str
+    default: None = None
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "maxLength": 64}
+
+    def parse(self, raw: str, svc: Service) -> int:
+        if raw not in svc.zone_names:
+            known = ", ".join(svc.zone_names) or "none configured"
+            raise web.HTTPBadRequest(reason=f"unknown zone {raw[:64]!r}; zones: {known}")
+        return svc.zone_names.index(raw)
+
+
+Param = IntParam | ZoneParam
+
+
+def parse_query(request: web.Request, params: tuple[Param, ...]) -> dict[str, Any]:
     known = {p.name for p in params}
     unknown = sorted(set(request.query) - known)
     if unknown:
         raise web.HTTPBadRequest(reason=f"unknown query parameter(s): {', '.join(unknown)}; allowed: {sorted(known)}")
-    out = {}
+    out: dict[str, Any] = {}
     for p in params:
         values = request.query.getall(p.name, [])
         if len(values) > 1:
             raise web.HTTPBadRequest(reason=f"query parameter {p.name!r} given more than once")
-        if not values:
-            out[p.name] = p.default
-            continue
-        raw = values[0]
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
-            raise web.HTTPBadRequest(reason=f"query parameter {p.name!r} must be a non-negative integer, got {raw[:40]!r}")
-        v = int(raw)
-        hi = p.maximum if p.maximum is not None else max_limit
-        if v < p.minimum or v > hi:
-            raise web.HTTPBadRequest(reason=f"query parameter {p.name!r} must be between {p.minimum} and {hi}, got {v}")
-        out[p.name] = v
+        out[p.name] = p.parse(values[0], request.app[SERVICE]) if values else p.default
     return out
 
 
@@ -93,7 +112,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 DETECTION_PARAMS = (
-    IntParam("since", "Return frames with seq greater than this cursor (0: the oldest held).", 0, 0),
+    IntParam("since", "Return frames with seq greater than this cursor (0: the oldest held).", 0, 0, 2**63 - 1),
     IntParam("limit", "At most this many frames (up to api.max_limit).", 100, 1),
 )
 
@@ -116,9 +135,41 @@ def _frames(records: Any) -> Iterator[dict[str, Any]]:
 
 async def detections(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
-    q = parse_query(request, DETECTION_PARAMS, svc.config.api.max_limit)
+    q = parse_query(request, DETECTION_PARAMS)
     sl = svc.buffer.since(q["since"], q["limit"])
     return json_response({"cursor": sl.cursor, "lost": sl.lost, "more": sl.more, "frames": list(_frames(sl.records))})
+
+
+VECTOR_PARAMS = (
+    IntParam("since", "Return vectors with seq greater than this cursor (0: the oldest held).", 0, 0, 2**63 - 1),
+    IntParam("limit", "At most this many vectors (up to api.max_limit).", 100, 1),
+    ZoneParam("zone", "Only vectors whose zone has this name."),
+)
+AGGREGATE_PARAMS = (IntParam("window", "Aggregate the vectors of the last this many seconds.", 60, 1, 3600),)
+
+
+async def vectors(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    q = parse_query(request, VECTOR_PARAMS)
+    zone = q["zone"]
+    sl = svc.vectors.since(q["since"], q["limit"], None if zone is None else (lambda r: r["zone"] == zone))
+    return json_response({
+        "schema": SCHEMA,
+        "cursor": sl.cursor,
+        "lost": sl.lost,
+        "more": sl.more,
+        "vectors": list(to_json(sl.records, svc.zone_names, svc.speed_unit)),
+    })
+
+
+async def aggregates_handler(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    q = parse_query(request, AGGREGATE_PARAMS)
+    now = svc.wall()
+    recs = svc.vectors.between(now - q["window"], now + 1.0, svc.vectors.capacity).records
+    zones = [(z.name, z.kind) for z in svc.config.zones]
+    return json_response({"schema": SCHEMA, "window_s": q["window"], "until": round(now, 3),
+                          "zones": aggregates(recs, zones)})
 
 
 class _ServiceCollector:
@@ -177,7 +228,7 @@ class Route:
     handler: Handler
     summary: str
     auth: bool = True
-    params: tuple[IntParam, ...] = ()
+    params: tuple[Param, ...] = ()
     content_type: str = "application/json"
     response: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
 
@@ -252,6 +303,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/status", status, "Board, model, frame rate, inference latency, drops, uptime, buffer fill."),
     Route("GET", "/v1/detections", detections, "Person boxes per processed frame after a cursor.",
           params=DETECTION_PARAMS, response=_DETECTIONS_SCHEMA),
+    Route("GET", "/v1/vectors", vectors, "Sentiment vectors (schema 1), one per track per window, after a cursor.",
+          params=VECTOR_PARAMS, response=VECTORS_SCHEMA),
+    Route("GET", "/v1/aggregates", aggregates_handler, "Per-zone counts and signal means over the last window seconds.",
+          params=AGGREGATE_PARAMS, response=AGGREGATES_SCHEMA),
     Route("GET", "/metrics", metrics, "Prometheus metrics.", content_type="text/plain",
           response={"type": "string"}),
     Route("GET", "/openapi.json", openapi, "This document."),

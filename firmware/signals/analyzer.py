@@ -1,0 +1,73 @@
+"""Per-frame analysis on the inference thread: detect, track, pose (within a budget), signals.
+
+``FrameAnalyzer.process`` is the only place a frame's pixels meet the models; what it returns
+(boxes, vectors, timings) holds no pixels. It runs on the pipeline's single inference thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import Config
+from ..inference import Detections, Detector
+from ..inference.pose import PoseEstimator
+from ..tracking.tracker import Tracker, TrackerConfig
+from ..tracking.zones import ZoneMap
+from .engine import SignalEngine, Vector
+from .orientation import body_facing
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    detections: Detections
+    vectors: list[Vector]
+    tracks: int  # confirmed tracks matched in this frame
+    model_ms: float  # detector + pose invokes (preprocessing included)
+    total_ms: float  # everything in process()
+    pose_invokes: int
+
+
+class FrameAnalyzer:
+    def __init__(self, cfg: Config, detector: Detector, pose: PoseEstimator | None) -> None:
+        self.cfg = cfg
+        self.detector = detector
+        self.pose = pose if cfg.signals.pose != "off" else None
+        t = cfg.tracking
+        self.tracker = Tracker(TrackerConfig(high_score=max(t.high_score, cfg.inference.detector.score_threshold),
+                                             low_score=min(t.low_score, t.high_score), max_lost_s=t.max_lost_s,
+                                             min_age_s=t.min_age_s))
+        self.engine: SignalEngine | None = None  # built at the first frame, when its size is known
+        self._size: tuple[int, int] | None = None
+
+    def reset(self) -> None:
+        """Forget every track, pose and pending window (opt-out): nothing carries over."""
+        self.tracker.reset()
+        if self.engine is not None:
+            self.engine.reset()
+
+    def process(self, image: np.ndarray, t: float) -> FrameResult:
+        t0 = time.perf_counter()
+        h, w = image.shape[:2]
+        if self.engine is None or self._size != (w, h):
+            self._size = (w, h)
+            self.engine = SignalEngine(self.cfg.signals, ZoneMap(self.cfg.zones, self.cfg.ground_plane, w, h))
+        dets = self.detector.detect(image)
+        model_ms = dets.infer_ms
+        scale = np.array([w, h, w, h], dtype=np.float64)
+        tracks = self.tracker.update(dets.boxes * scale, dets.scores, t)
+        invokes = 0
+        if self.pose is not None and tracks:
+            chosen = self.engine.pose_candidates(tracks, t, self.cfg.signals.pose_budget)
+            if chosen:
+                kps = self.pose.estimate(image, np.array([tr.det_box for tr in chosen]) / scale)
+                model_ms += self.pose.last_ms
+                invokes = len(chosen)
+                for tr, kp in zip(chosen, kps, strict=True):
+                    facing, conf = body_facing(kp, float(tr.det_box[3] - tr.det_box[1]), scale=(w, h),
+                                               min_box_px=self.cfg.signals.pose_min_box_px)
+                    self.engine.set_facing(tr.tid, t, facing, conf)
+        vectors = self.engine.step(t, tracks, self.tracker.ended, dets.capped)
+        return FrameResult(dets, vectors, len(tracks), model_ms, (time.perf_counter() - t0) * 1000.0, invokes)

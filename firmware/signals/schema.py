@@ -1,0 +1,212 @@
+"""Sentiment vectors, schema 1: the ring-buffer record and its JSON form (an allow-list).
+
+One record per track per window. Nothing in a record can hold pixels: every field is a number
+or the track's random token, and the serializer below names each field it emits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .engine import EXIT_NAMES, ORIENTATION_NAMES, Vector
+
+SCHEMA = 1
+
+VECTOR_DTYPE = np.dtype(
+    [
+        ("seq", "u8"),
+        ("t_wall", "f8"),  # wall clock at the window's end (epoch seconds)
+        ("t_start", "f8"),  # window start on the frame timeline (monotonic seconds)
+        ("t_end", "f8"),
+        ("token", "S32"),  # 128 random bits, hex
+        ("zone", "i2"),  # index into the config's zones, -1: none
+        ("dwell_s", "f4"),
+        ("engagement", "f4"),  # NaN: null
+        ("engagement_conf", "f4"),
+        ("satisfaction", "f4"),
+        ("satisfaction_conf", "f4"),
+        ("approach", "f4"),
+        ("approach_conf", "f4"),
+        ("speed", "f4"),
+        ("frames", "u2"),
+        ("orientation", "u1"),
+        ("exit", "u1"),
+    ]
+)
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else v
+
+
+def record_fields(v: Vector, t_wall_end: float) -> dict[str, Any]:
+    return {
+        "t_wall": t_wall_end,
+        "t_start": v.t_start,
+        "t_end": v.t_end,
+        "token": v.token.encode("ascii"),
+        "zone": v.zone,
+        "dwell_s": v.dwell_s,
+        "engagement": _nan(v.engagement),
+        "engagement_conf": v.engagement_conf,
+        "satisfaction": _nan(v.satisfaction),
+        "satisfaction_conf": v.satisfaction_conf,
+        "approach": _nan(v.approach),
+        "approach_conf": v.approach_conf,
+        "speed": v.speed,
+        "frames": min(v.frames, 65535),
+        "orientation": v.orientation,
+        "exit": v.exit,
+    }
+
+
+def _num(x: Any, nd: int = 3) -> float | None:
+    f = float(x)
+    return None if math.isnan(f) else round(f, nd)
+
+
+def to_json(records: np.ndarray, zone_names: list[str], unit: str) -> Iterator[dict[str, Any]]:
+    """The public form of vector records; every key is listed here and nowhere else."""
+    for r in records:
+        window = float(r["t_end"] - r["t_start"])
+        end = float(r["t_wall"])
+        zi = int(r["zone"])
+        yield {
+            "schema": SCHEMA,
+            "seq": int(r["seq"]),
+            "window_start": round(end - window, 3),
+            "window_end": round(end, 3),
+            "token": r["token"].decode("ascii"),
+            "zone": zone_names[zi] if 0 <= zi < len(zone_names) else None,
+            "dwell_s": round(float(r["dwell_s"]), 2),
+            "engagement": {"value": _num(r["engagement"]), "confidence": _num(r["engagement_conf"], 2)},
+            "dwell_satisfaction": {"value": _num(r["satisfaction"]), "confidence": _num(r["satisfaction_conf"], 2)},
+            "approach_avoid": {"value": _num(r["approach"]), "confidence": _num(r["approach_conf"], 2)},
+            "speed": round(float(r["speed"]), 3),
+            "speed_unit": unit,
+            "frames": int(r["frames"]),
+            "orientation": ORIENTATION_NAMES[int(r["orientation"])],
+            "exit": EXIT_NAMES[int(r["exit"])] if int(r["exit"]) else None,
+        }
+
+
+def _mean(x: np.ndarray) -> float | None:
+    x = x[~np.isnan(x)]
+    return round(float(x.mean()), 3) if len(x) else None
+
+
+def aggregates(records: np.ndarray, zones: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Per-zone counts and signal means over the given records (one cell per zone, plus
+    ``null`` for people in no zone)."""
+    out = []
+    cells: list[tuple[int, str | None, str | None]] = [(i, n, k) for i, (n, k) in enumerate(zones) if k != "excluded"]
+    cells.append((-1, None, None))
+    for zi, name, kind in cells:
+        sel = records[records["zone"] == zi]
+        eng = sel["engagement"].astype(np.float64)
+        app = sel["approach"].astype(np.float64)
+        sat = sel["satisfaction"].astype(np.float64)
+        app_v = app[~np.isnan(app)]
+        out.append({
+            "zone": name,
+            "kind": kind,
+            "tracks": len(np.unique(sel["token"])),
+            "vectors": len(sel),
+            "stays_ended": int((~np.isnan(sat)).sum()),
+            "engagement_mean": _mean(eng),
+            "dwell_satisfaction_mean": _mean(sat),
+            "approach_avoid_mean": _mean(app),
+            "approaching_share": round(float((app_v > 0.3).mean()), 3) if len(app_v) else None,
+            "avoiding_share": round(float((app_v < -0.3).mean()), 3) if len(app_v) else None,
+        })
+    return out
+
+
+def _signal_schema(description: str, lo: float) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["value", "confidence"],
+        "additionalProperties": False,
+        "properties": {
+            "value": {"type": ["number", "null"], "minimum": lo, "maximum": 1},
+            "confidence": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        },
+    }
+
+
+VECTOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One track's window. Numbers and a random token only; no pixels, no identity.",
+    "additionalProperties": False,
+    "required": ["schema", "seq", "window_start", "window_end", "token", "zone", "dwell_s", "engagement",
+                 "dwell_satisfaction", "approach_avoid", "speed", "speed_unit", "frames", "orientation", "exit"],
+    "properties": {
+        "schema": {"type": "integer", "const": SCHEMA},
+        "seq": {"type": "integer", "minimum": 1},
+        "window_start": {"type": "number", "description": "Wall clock, epoch seconds."},
+        "window_end": {"type": "number"},
+        "token": {"type": "string", "pattern": "^[0-9a-f]{32}$",
+                  "description": "Random 128-bit per-track token; never derived from appearance."},
+        "zone": {"type": ["string", "null"], "maxLength": 64},
+        "dwell_s": {"type": "number", "minimum": 0, "description": "Seconds in the current zone stay."},
+        "engagement": _signal_schema("Engagement intensity in [0, 1].", 0),
+        "dwell_satisfaction": _signal_schema("Dwell satisfaction in [0, 1]; set when a stay ends.", 0),
+        "approach_avoid": _signal_schema("Approach (+) / avoid (-) in [-1, 1].", -1),
+        "speed": {"type": "number", "minimum": 0},
+        "speed_unit": {"type": "string", "enum": ["m/s", "person_heights/s"]},
+        "frames": {"type": "integer", "minimum": 0, "maximum": 65535},
+        "orientation": {"type": "string", "enum": list(ORIENTATION_NAMES)},
+        "exit": {"type": ["string", "null"], "enum": [*EXIT_NAMES[1:], None]},
+    },
+}
+
+VECTORS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["schema", "cursor", "lost", "more", "vectors"],
+    "properties": {
+        "schema": {"type": "integer", "const": SCHEMA},
+        "cursor": {"type": "integer", "description": "Pass back as `since` to continue."},
+        "lost": {"type": "integer", "description": "Vectors after `since` already expired or overwritten."},
+        "more": {"type": "boolean"},
+        "vectors": {"type": "array", "items": VECTOR_SCHEMA},
+    },
+}
+
+_MEAN = {"type": ["number", "null"]}
+AGGREGATES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["schema", "window_s", "until", "zones"],
+    "properties": {
+        "schema": {"type": "integer", "const": SCHEMA},
+        "window_s": {"type": "integer"},
+        "until": {"type": "number"},
+        "zones": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["zone", "kind", "tracks", "vectors", "stays_ended", "engagement_mean",
+                             "dwell_satisfaction_mean", "approach_avoid_mean", "approaching_share", "avoiding_share"],
+                "properties": {
+                    "zone": {"type": ["string", "null"]},
+                    "kind": {"type": ["string", "null"]},
+                    "tracks": {"type": "integer", "minimum": 0},
+                    "vectors": {"type": "integer", "minimum": 0},
+                    "stays_ended": {"type": "integer", "minimum": 0},
+                    "engagement_mean": _MEAN,
+                    "dwell_satisfaction_mean": _MEAN,
+                    "approach_avoid_mean": _MEAN,
+                    "approaching_share": _MEAN,
+                    "avoiding_share": _MEAN,
+                },
+            },
+        },
+    },
+}
