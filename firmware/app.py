@@ -28,7 +28,7 @@ from .http.auth import Token, load_token
 from .inference import Detector, create_detector
 from .inference.pose import PoseEstimator, create_pose_estimator
 from .models import load_manifest
-from .pipeline import Pipeline, detection_dtype
+from .pipeline import Pipeline
 from .ringbuffer import RingBuffer
 from .signals.analyzer import FrameAnalyzer
 from .signals.schema import VECTOR_DTYPE
@@ -60,13 +60,11 @@ class Service:
         self.speed_unit = "m/s" if cfg.ground_plane is not None else "person_heights/s"
         self.pose = pose
         self.zone_names = [z.name for z in cfg.zones]
-        self.buffer = RingBuffer(detection_dtype(cfg.inference.detector.max_detections), cfg.buffer.capacity)
-        self.vectors = RingBuffer(VECTOR_DTYPE, cfg.signals.capacity)
+        self.vectors = RingBuffer(VECTOR_DTYPE, cfg.buffer.capacity)
         self.analyzer = FrameAnalyzer(cfg, detector, pose)
         self.pipeline = Pipeline(
             camera=camera,
             analyzer=self.analyzer,
-            buffer=self.buffer,
             vectors=self.vectors,
             queue_size=cfg.inference.queue_size,
             retry_camera=cfg.camera.type == "picamera2",
@@ -129,9 +127,10 @@ class Service:
                        "dropped": st.frames_dropped, "inference_errors": st.inference_errors},
             "uptime_s": round(now - self.started, 3),
             "first_detection_s": None if st.first_detection is None else round(st.first_detection - self.started, 3),
-            "buffer": {"capacity": self.buffer.capacity, "records": len(self.buffer),
-                       "fill": round(len(self.buffer) / self.buffer.capacity, 4), "bytes": self.buffer.nbytes,
-                       "newest_seq": self.buffer.newest_seq},
+            "people": {"last_frame": st.people_last_frame, "frames_with_people": st.frames_with_people},
+            "buffer": {"capacity": self.vectors.capacity, "records": len(self.vectors),
+                       "fill": round(len(self.vectors) / self.vectors.capacity, 4), "bytes": self.vectors.nbytes,
+                       "newest_seq": self.vectors.newest_seq},
             "signals": {
                 "window_s": self.config.signals.window_s,
                 "pose": None if self.pose is None else self.pose.name,
@@ -141,9 +140,6 @@ class Service:
                 "analysis_ms": {"p50": _r(m50), "p99": _r(m99)},
                 "models_ms": {"p50": _r(k50), "p99": _r(k99)},
                 "zones": [{"name": z.name, "kind": z.kind} for z in self.config.zones],
-                "buffer": {"capacity": self.vectors.capacity, "records": len(self.vectors),
-                           "fill": round(len(self.vectors) / self.vectors.capacity, 4), "bytes": self.vectors.nbytes,
-                           "newest_seq": self.vectors.newest_seq},
             },
         }
 

@@ -105,7 +105,8 @@ class InferenceConfig(_Strict):
 
 
 class BufferConfig(_Strict):
-    # One record per processed frame; 6000 records = 10 minutes at 10 fps.
+    # Sentiment vectors held in RAM (one per track per window); oldest overwritten first.
+    # 6000 = 10 minutes of 10 people in view with 2 s windows.
     capacity: int = Field(default=6000, ge=16, le=200_000)
 
 
@@ -182,7 +183,6 @@ class SignalsConfig(_Strict):
     pose_model: str = Field(default="movenet_lightning", min_length=1, max_length=128)
     pose_budget: int = Field(default=2, ge=0, le=16)  # pose invokes per frame, rotating through people
     pose_min_box_px: float = Field(default=80.0, ge=0, le=4096)
-    capacity: int = Field(default=20_000, ge=16, le=200_000)  # vector records held in RAM
 
 
 class Config(_Strict):

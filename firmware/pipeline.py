@@ -1,11 +1,13 @@
-"""The frame pipeline: camera -> bounded queue -> analysis worker thread -> ring buffers.
+"""The frame pipeline: camera -> bounded queue -> analysis worker thread -> vector ring buffer.
 
 Decoding or capture runs on the camera's thread and inference on its own worker thread, so they
 overlap and the event loop only moves small objects between them. The queue between camera and
 inference is bounded: for a live source the oldest frame is dropped when inference is behind
 (and counted), for a source that waits (replay as fast as possible) the camera waits instead.
 A frame's pixels are released as soon as the analyzer (detector, tracker, pose, signals) has run
-on the worker thread; only boxes and sentiment vectors come back to the event loop.
+on the worker thread; only boxes and sentiment vectors come back to the event loop, and only
+the vectors are kept (detections stay internal: counted, handed to in-process observers such
+as tests, never stored or served).
 """
 
 from __future__ import annotations
@@ -23,27 +25,14 @@ import numpy as np
 from .camera import Camera, Frame
 from .errors import CameraError
 from .ringbuffer import RingBuffer
-from .signals.analyzer import FrameAnalyzer
+from .signals.analyzer import FrameAnalyzer, FrameResult
 from .signals.schema import record_fields
 
 log = logging.getLogger(__name__)
 
 
-def detection_dtype(max_detections: int) -> np.dtype:
-    """One ring-buffer record per processed frame: boxes and scores, no pixels."""
-    return np.dtype(
-        [
-            ("seq", "u8"),
-            ("frame_id", "u8"),
-            ("t_mono", "f8"),  # capture time, monotonic clock (replay: the footage's timeline)
-            ("t_wall", "f8"),  # wall-clock time the record was stored
-            ("count", "u2"),
-            ("capped", "?"),
-            ("infer_ms", "f4"),
-            ("boxes", "f4", (max_detections, 4)),
-            ("scores", "f4", (max_detections,)),
-        ]
-    )
+# Called on the event loop for every processed frame: (frame id, capture time, analysis result).
+Observer = Callable[[int, float, FrameResult], None]
 
 
 @dataclass
@@ -57,6 +46,8 @@ class PipelineStats:
     last_capture: float | None = None
     last_processed: float | None = None
     first_detection: float | None = None
+    frames_with_people: int = 0
+    people_last_frame: int = 0
     state: str = "starting"  # starting | running | ended | error | stopped
     error: str | None = None
     vectors: int = 0
@@ -90,7 +81,6 @@ class Pipeline:
         *,
         camera: Camera,
         analyzer: FrameAnalyzer,
-        buffer: RingBuffer,
         vectors: RingBuffer,
         queue_size: int = 2,
         retry_camera: bool = False,
@@ -99,15 +89,14 @@ class Pipeline:
     ) -> None:
         self.camera = camera
         self.analyzer = analyzer
-        self.buffer = buffer
         self.vectors = vectors
+        self.observers: list[Observer] = []
         self.retry_camera = retry_camera
         self._clock = clock
         self._wall = wall_clock
         self._queue: asyncio.Queue[Frame | None] = asyncio.Queue(maxsize=queue_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cuecam-inference")
         self.stats = PipelineStats(started=clock())
-        self.max_detections = int(buffer.dtype["boxes"].shape[0])
 
     async def run(self) -> None:
         """Run until the source ends or the task is cancelled. The camera must already be open."""
@@ -181,19 +170,8 @@ class Pipeline:
             del frame  # the pixels go no further than this
             dets = res.detections
             n = len(dets)
-            boxes = np.zeros((self.max_detections, 4), np.float32)
-            scores = np.zeros(self.max_detections, np.float32)
-            boxes[:n], scores[:n] = dets.boxes[: self.max_detections], dets.scores[: self.max_detections]
-            self.buffer.append(
-                frame_id=frame_id,
-                t_mono=t_mono,
-                t_wall=self._wall(),
-                count=n,
-                capped=dets.capped,
-                infer_ms=dets.infer_ms,
-                boxes=boxes,
-                scores=scores,
-            )
+            for observe in self.observers:
+                observe(frame_id, t_mono, res)
             wall = self._wall()
             for v in res.vectors:
                 # the window ended (t_mono - v.t_end) seconds of footage before this frame
@@ -209,8 +187,11 @@ class Pipeline:
             st.last_processed = now
             st.infer_ms.append(dets.infer_ms)
             st.processed_at.append(now)
-            if n and st.first_detection is None:
-                st.first_detection = now
+            st.people_last_frame = n
+            if n:
+                st.frames_with_people += 1
+                if st.first_detection is None:
+                    st.first_detection = now
 
     async def close(self) -> None:
         """Close the camera and join the inference thread. Never raises."""

@@ -2,7 +2,8 @@
 
     cuecam device health     --url http://127.0.0.1:8080
     cuecam device status     --url URL [--token-file FILE]
-    cuecam device detections --url URL [--since N] [--limit N]
+    cuecam device vectors    --url URL [--since N] [--limit N] [--zone NAME]
+    cuecam device aggregates --url URL [--window S]
 
 The token comes from --token-file, else $CUECAM_API_TOKEN. Output is JSON.
 """
@@ -47,18 +48,27 @@ def main(argv: list[str] | None = None) -> int:
     dev = sub.add_parser("device", help="query one camera board's API")
     dsub = dev.add_subparsers(dest="cmd", required=True)
     for name, help_ in (("health", "liveness (no token needed)"), ("status", "board, model, fps, latency, drops"),
-                        ("detections", "person boxes per frame after a cursor")):
+                        ("vectors", "sentiment vectors after a cursor"),
+                        ("aggregates", "per-zone counts and signal means over the last window")):
         p = dsub.add_parser(name, help=help_)
         p.add_argument("--url", default=os.environ.get("CUECAM_URL", "http://127.0.0.1:8080"))
         p.add_argument("--token-file", help="file holding the device's API token (default: $CUECAM_API_TOKEN)")
         p.add_argument("--timeout", type=float, default=5.0)
-        if name == "detections":
+        if name == "vectors":
             p.add_argument("--since", type=int, default=0)
             p.add_argument("--limit", type=int, default=100)
+            p.add_argument("--zone", help="only vectors of this zone")
+        if name == "aggregates":
+            p.add_argument("--window", type=int, default=60, help="seconds (1-3600)")
     args = ap.parse_args(argv)
-    path = {"health": "/health", "status": "/v1/status", "detections": "/v1/detections"}[args.cmd]
-    if args.cmd == "detections":
-        path += "?" + urllib.parse.urlencode({"since": args.since, "limit": args.limit})
+    path = {"health": "/health", "status": "/v1/status", "vectors": "/v1/vectors", "aggregates": "/v1/aggregates"}[args.cmd]
+    query: dict[str, Any] = {}
+    if args.cmd == "vectors":
+        query = {"since": args.since, "limit": args.limit} | ({"zone": args.zone} if args.zone else {})
+    elif args.cmd == "aggregates":
+        query = {"window": args.window}
+    if query:
+        path += "?" + urllib.parse.urlencode(query)
     try:
         code, body = _get(args.url.rstrip("/") + path, _token(args), args.timeout)
     except (OSError, ValueError) as e:

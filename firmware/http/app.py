@@ -111,35 +111,6 @@ async def status(request: web.Request) -> web.Response:
     return json_response(request.app[SERVICE].status())
 
 
-DETECTION_PARAMS = (
-    IntParam("since", "Return frames with seq greater than this cursor (0: the oldest held).", 0, 0, 2**63 - 1),
-    IntParam("limit", "At most this many frames (up to api.max_limit).", 100, 1),
-)
-
-
-def _frames(records: Any) -> Iterator[dict[str, Any]]:
-    for r in records:
-        n = int(r["count"])
-        yield {
-            "seq": int(r["seq"]),
-            "frame_id": int(r["frame_id"]),
-            "t_wall": round(float(r["t_wall"]), 3),
-            "t_mono": round(float(r["t_mono"]), 3),
-            "capped": bool(r["capped"]),
-            "people": [
-                {"box": [round(float(v), 4) for v in r["boxes"][i]], "score": round(float(r["scores"][i]), 3)}
-                for i in range(n)
-            ],
-        }
-
-
-async def detections(request: web.Request) -> web.Response:
-    svc = request.app[SERVICE]
-    q = parse_query(request, DETECTION_PARAMS)
-    sl = svc.buffer.since(q["since"], q["limit"])
-    return json_response({"cursor": sl.cursor, "lost": sl.lost, "more": sl.more, "frames": list(_frames(sl.records))})
-
-
 VECTOR_PARAMS = (
     IntParam("since", "Return vectors with seq greater than this cursor (0: the oldest held).", 0, 0, 2**63 - 1),
     IntParam("limit", "At most this many vectors (up to api.max_limit).", 100, 1),
@@ -185,6 +156,8 @@ class _ServiceCollector:
             ("cuecam_frames_processed", "Frames run through the detector.", st.frames_processed),
             ("cuecam_frames_dropped", "Frames dropped because inference was behind.", st.frames_dropped),
             ("cuecam_inference_errors", "Frames whose inference failed.", st.inference_errors),
+            ("cuecam_vectors", "Sentiment vectors produced.", st.vectors),
+            ("cuecam_pose_invokes", "Pose model invocations.", st.pose_invokes),
         ):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
@@ -197,8 +170,8 @@ class _ServiceCollector:
         yield g
         gauges: tuple[tuple[str, str, float], ...] = (
             ("cuecam_fps", "Frames processed per second over the last 10 s.", st.fps(svc.now())),
-            ("cuecam_buffer_records", "Records held in the ring buffer.", len(svc.buffer)),
-            ("cuecam_buffer_capacity", "Ring buffer capacity in records.", svc.buffer.capacity),
+            ("cuecam_buffer_records", "Sentiment vectors held in the ring buffer.", len(svc.vectors)),
+            ("cuecam_buffer_capacity", "Ring buffer capacity in vectors.", svc.vectors.capacity),
             ("cuecam_uptime_seconds", "Seconds since the service started.", svc.uptime()),
             ("cuecam_healthy", "1 when /health says ok.", 1.0 if svc.health()[0] else 0.0),
         )
@@ -253,56 +226,10 @@ _HEALTH_SCHEMA = {
         "uptime_s": {"type": "number"},
     },
 }
-_DETECTIONS_SCHEMA = {
-    "type": "object",
-    "required": ["cursor", "lost", "more", "frames"],
-    "properties": {
-        "cursor": {"type": "integer", "description": "Pass back as `since` to continue."},
-        "lost": {"type": "integer", "description": "Frames after `since` already overwritten."},
-        "more": {"type": "boolean"},
-        "frames": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["seq", "frame_id", "t_wall", "t_mono", "capped", "people"],
-                "additionalProperties": False,
-                "properties": {
-                    "seq": {"type": "integer"},
-                    "frame_id": {"type": "integer"},
-                    "t_wall": {"type": "number"},
-                    "t_mono": {"type": "number"},
-                    "capped": {"type": "boolean"},
-                    "people": {
-                        "type": "array",
-                        "maxItems": 100,
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["box", "score"],
-                            "properties": {
-                                "box": {
-                                    "type": "array",
-                                    "items": {"type": "number", "minimum": 0, "maximum": 1},
-                                    "minItems": 4,
-                                    "maxItems": 4,
-                                    "description": "x0, y0, x1, y1 normalized to the frame",
-                                },
-                                "score": {"type": "number"},
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
-
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", health, "Liveness and readiness: ok, or degraded with a reason.", auth=False,
           response=_HEALTH_SCHEMA),
     Route("GET", "/v1/status", status, "Board, model, frame rate, inference latency, drops, uptime, buffer fill."),
-    Route("GET", "/v1/detections", detections, "Person boxes per processed frame after a cursor.",
-          params=DETECTION_PARAMS, response=_DETECTIONS_SCHEMA),
     Route("GET", "/v1/vectors", vectors, "Sentiment vectors (schema 1), one per track per window, after a cursor.",
           params=VECTOR_PARAMS, response=VECTORS_SCHEMA),
     Route("GET", "/v1/aggregates", aggregates_handler, "Per-zone counts and signal means over the last window seconds.",

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..tracking.zones import PERSON_HEIGHT_M
 from .engine import EXIT_NAMES, ORIENTATION_NAMES, Vector
 
 SCHEMA = 1
@@ -70,7 +71,11 @@ def _num(x: Any, nd: int = 3) -> float | None:
 
 
 def to_json(records: np.ndarray, zone_names: list[str], unit: str) -> Iterator[dict[str, Any]]:
-    """The public form of vector records; every key is listed here and nowhere else."""
+    """The public form of vector records; every key is listed here and nowhere else.
+
+    Speeds are held in person heights per second; with a ground plane (unit ``m/s``) they are
+    floor metres / 1.7 and are turned back into metres here."""
+    speed_scale = PERSON_HEIGHT_M if unit == "m/s" else 1.0
     for r in records:
         window = float(r["t_end"] - r["t_start"])
         end = float(r["t_wall"])
@@ -86,7 +91,7 @@ def to_json(records: np.ndarray, zone_names: list[str], unit: str) -> Iterator[d
             "engagement": {"value": _num(r["engagement"]), "confidence": _num(r["engagement_conf"], 2)},
             "dwell_satisfaction": {"value": _num(r["satisfaction"]), "confidence": _num(r["satisfaction_conf"], 2)},
             "approach_avoid": {"value": _num(r["approach"]), "confidence": _num(r["approach_conf"], 2)},
-            "speed": round(float(r["speed"]), 3),
+            "speed": round(float(r["speed"]) * speed_scale, 3),
             "speed_unit": unit,
             "frames": int(r["frames"]),
             "orientation": ORIENTATION_NAMES[int(r["orientation"])],
@@ -155,7 +160,7 @@ VECTOR_SCHEMA: dict[str, Any] = {
         "zone": {"type": ["string", "null"], "maxLength": 64},
         "dwell_s": {"type": "number", "minimum": 0, "description": "Seconds in the current zone stay."},
         "engagement": _signal_schema("Engagement intensity in [0, 1].", 0),
-        "dwell_satisfaction": _signal_schema("Dwell satisfaction in [0, 1]; set when a stay ends.", 0),
+        "dwell_satisfaction": _signal_schema("Dwell satisfaction in [-1, 1]; set in the window a stay ends.", -1),
         "approach_avoid": _signal_schema("Approach (+) / avoid (-) in [-1, 1].", -1),
         "speed": {"type": "number", "minimum": 0},
         "speed_unit": {"type": "string", "enum": ["m/s", "person_heights/s"]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import jsonschema
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from openapi_spec_validator import validate
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from firmware.app import build_service
 from firmware.http.app import ROUTES, build_app
+from firmware.signals.schema import AGGREGATES_SCHEMA, VECTORS_SCHEMA
 from tests.conftest import sim_config
 
 TOKEN = "test-token-0123456789abcdef"
@@ -65,33 +67,72 @@ async def test_status_reports_the_board(client):
     assert s["model"]["name"] == "ssd_mobilenet_v1" and s["model"]["runtime"] in ("litert", "tflite-runtime")
     assert s["frames"]["processed"] >= 5 and s["frames"]["dropped"] >= 0
     assert 0 < s["inference_ms"]["p50"] <= s["inference_ms"]["p99"]
-    assert s["buffer"]["capacity"] == 6000 and s["buffer"]["records"] >= 5
+    assert s["buffer"]["capacity"] == 6000 and s["buffer"]["records"] >= 0
+    assert s["people"]["frames_with_people"] >= 1 and s["signals"]["pose"] == "movenet_lightning"
     assert s["uptime_s"] > 0 and s["fps"] > 0
 
 
-async def test_detections_page_with_the_cursor(client):
-    await _wait_for_frames(client, 6)
-    body = await (await client.get("/v1/detections?limit=3", headers=AUTH)).json()
-    assert len(body["frames"]) == 3 and body["more"] is True and body["lost"] == 0
-    seqs = [f["seq"] for f in body["frames"]]
+async def _wait_for_vectors(client, n: int, tries: int = 300) -> None:
+    for _ in range(tries):  # 0.1 s apart: vectors come when 2 s windows close
+        if len(client.svc.vectors) >= n:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"fewer than {n} vectors after {tries / 10:.0f} s")
+
+
+async def test_vectors_page_with_the_cursor_and_match_the_schema(client):
+    await _wait_for_vectors(client, 6)
+    body = await (await client.get("/v1/vectors?limit=3", headers=AUTH)).json()
+    jsonschema.validate(body, VECTORS_SCHEMA)
+    assert body["schema"] == 1 and len(body["vectors"]) == 3 and body["more"] is True and body["lost"] == 0
+    seqs = [v["seq"] for v in body["vectors"]]
     assert seqs == sorted(seqs) and body["cursor"] == seqs[-1]
-    nxt = await (await client.get(f"/v1/detections?since={body['cursor']}&limit=3", headers=AUTH)).json()
-    assert nxt["frames"][0]["seq"] == seqs[-1] + 1
-    people = [p for f in body["frames"] + nxt["frames"] for p in f["people"]]
-    assert people, "vtest.avi shows people in its first frames"
-    for p in people:
-        assert set(p) == {"box", "score"}
-        x0, y0, x1, y1 = p["box"]
-        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 and 0.5 <= p["score"] <= 1
+    nxt = await (await client.get(f"/v1/vectors?since={body['cursor']}&limit=3", headers=AUTH)).json()
+    jsonschema.validate(nxt, VECTORS_SCHEMA)
+    assert nxt["vectors"][0]["seq"] == seqs[-1] + 1
+    for v in body["vectors"] + nxt["vectors"]:
+        assert v["window_end"] - v["window_start"] == pytest.approx(2.0, abs=1e-3)
+        assert v["zone"] in (None, "plaza-sign", "walkway")  # never the excluded staff-path
+
+
+async def test_vectors_filter_by_zone_and_reject_unknown_zones(client):
+    await _wait_for_vectors(client, 10)
+    body = await (await client.get("/v1/vectors?zone=walkway&limit=1000", headers=AUTH)).json()
+    assert body["vectors"] and {v["zone"] for v in body["vectors"]} == {"walkway"}
+    assert body["cursor"] >= body["vectors"][-1]["seq"]
+    for zone in ("staff-path", "nowhere"):
+        r = await client.get(f"/v1/vectors?zone={zone}", headers=AUTH)
+        if zone == "staff-path":  # a configured zone, but excluded: nothing is ever measured there
+            assert r.status == 200 and (await r.json())["vectors"] == []
+        else:
+            assert r.status == 400 and "unknown zone" in (await r.json())["error"]["message"]
+
+
+async def test_aggregates_summarise_the_last_window(client):
+    await _wait_for_vectors(client, 10)
+    r = await client.get("/v1/aggregates?window=60", headers=AUTH)
+    body = await r.json()
+    jsonschema.validate(body, AGGREGATES_SCHEMA)
+    cells = {c["zone"]: c for c in body["zones"]}
+    assert set(cells) == {"plaza-sign", "walkway", None}  # the excluded zone has no cell
+    assert sum(c["vectors"] for c in cells.values()) == len(client.svc.vectors)
+    assert cells["walkway"]["tracks"] >= 1
+    for q in ("window=0", "window=3601", "window=x"):
+        assert (await client.get(f"/v1/aggregates?{q}", headers=AUTH)).status == 400
+
+
+async def test_detections_are_not_served(client):
+    r = await client.get("/v1/detections", headers=AUTH)
+    assert r.status == 404
 
 
 @pytest.mark.parametrize(
     "query",
     ["since=-1", "since=abc", "since=1.5", "limit=0", "limit=100000", "limit=", "colour=red", "since=1&since=2",
-     "since=99999999999999999999999"],
+     "since=99999999999999999999999", "since=9223372036854775808", "zone=", "zone=a&zone=b"],
 )
 async def test_bad_query_parameters_get_400_json(client, query):
-    r = await client.get(f"/v1/detections?{query}", headers=AUTH)
+    r = await client.get(f"/v1/vectors?{query}", headers=AUTH)
     assert r.status == 400
     err = (await r.json())["error"]
     assert err["status"] == 400 and err["message"]

@@ -7,11 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.pipeline import detection_dtype
 from firmware.ringbuffer import RingBuffer, Slice
 
 TINY = np.dtype([("seq", "u8"), ("t_wall", "f8")])
-DET = detection_dtype(10)
+# The buffer is generic over structured dtypes; this one has array fields as well as scalars.
+DET = np.dtype([("seq", "u8"), ("frame_id", "u8"), ("t_mono", "f8"), ("t_wall", "f8"), ("count", "u2"), ("capped", "?"),
+                ("infer_ms", "f4"), ("boxes", "f4", (10, 4)), ("scores", "f4", (10,))])
 
 
 def filled(capacity: int, n: int, dtype: np.dtype = TINY) -> RingBuffer:
