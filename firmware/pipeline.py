@@ -170,8 +170,6 @@ class Pipeline:
             del frame  # the pixels go no further than this
             dets = res.detections
             n = len(dets)
-            for observe in self.observers:
-                observe(frame_id, t_mono, res)
             wall = self._wall()
             for v in res.vectors:
                 # the window ended (t_mono - v.t_end) seconds of footage before this frame
@@ -192,6 +190,11 @@ class Pipeline:
                 st.frames_with_people += 1
                 if st.first_detection is None:
                     st.first_detection = now
+            for observe in self.observers:
+                try:
+                    observe(frame_id, t_mono, res)
+                except Exception:  # an in-process observer must not stop the device
+                    log.exception("pipeline observer failed on frame %d", frame_id)
 
     async def close(self) -> None:
         """Close the camera and join the inference thread. Never raises."""

@@ -14,7 +14,7 @@ import numpy as np
 from ..config import Config
 from ..inference import Detections, Detector
 from ..inference.pose import PoseEstimator
-from ..tracking.tracker import Tracker, TrackerConfig
+from ..tracking.tracker import Track, Tracker, TrackerConfig
 from ..tracking.zones import ZoneMap
 from .engine import SignalEngine, Vector
 from .orientation import body_facing
@@ -28,6 +28,7 @@ class FrameResult:
     model_ms: float  # detector + pose invokes (preprocessing included)
     total_ms: float  # everything in process()
     pose_invokes: int
+    tracked: tuple[Track, ...] = ()  # the confirmed tracks of this frame (boxes and random ids only)
 
 
 class FrameAnalyzer:
@@ -70,4 +71,5 @@ class FrameAnalyzer:
                                                min_box_px=self.cfg.signals.pose_min_box_px)
                     self.engine.set_facing(tr.tid, t, facing, conf)
         vectors = self.engine.step(t, tracks, self.tracker.ended, dets.capped)
-        return FrameResult(dets, vectors, len(tracks), model_ms, (time.perf_counter() - t0) * 1000.0, invokes)
+        return FrameResult(dets, vectors, len(tracks), model_ms, (time.perf_counter() - t0) * 1000.0, invokes,
+                           tuple(tracks))

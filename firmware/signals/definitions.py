@@ -52,9 +52,12 @@ def engagement(orient: float, speed: float, distance: float, oriented_s: float, 
     return clip01(orient * (0.4 * stillness(speed) + 0.3 * proximity(distance) + 0.3 * oriented_time(oriented_s)))
 
 
-def approach(radial_speed: float) -> float:
-    """Approach/avoid A = tanh(v_r / 0.3 PH/s): + closing in on the focus point, − moving away."""
-    return float(math.tanh(radial_speed / RADIAL_SCALE_PH_S))
+def approach(radial_speed: float, miss: float = 0.0) -> float:
+    """Approach/avoid A = tanh(v_r / 0.3 PH/s) · P(miss): + closing in on the focus point, − moving
+    away from it. ``miss`` is how close the straight line of the motion passes the focus point:
+    walking at the display (or straight away from it) counts fully, passing it by tangentially
+    (the line misses by more than ~3 m) counts nothing, in between by the proximity ramp P."""
+    return float(math.tanh(radial_speed / RADIAL_SCALE_PH_S) * proximity(miss))
 
 
 def closest_approach(d: np.ndarray, v: np.ndarray) -> tuple[float, float]:

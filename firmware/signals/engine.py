@@ -23,6 +23,7 @@ LEAVE_S = 1.0  # outside this long before it ends (the stay ends when the person
 MIN_AGE_S = 1.0  # younger tracks get null signals
 MIN_COVERAGE = 0.5  # observed in at least half the window's frames
 VEER_MEMORY_S = 3.0  # "was heading for / near the focus" counts this long
+TURN_COS = math.cos(math.radians(45))  # a veer turns by more than 45 degrees from the approach
 LONG_STAY_S = 3.0  # after a stay this long, leaving is judged by dwell satisfaction, not A
 FACING_MAX_AGE_S = 1.0  # a pose-derived facing is used this long
 HISTORY_S = 20.0
@@ -57,7 +58,8 @@ class TrackState:
     last_pose_t: float = -math.inf
     stays: dict[int, Stay] = field(default_factory=dict)  # zone index -> current stay
     candidates: dict[int, float] = field(default_factory=dict)  # zone index -> inside since (no stay yet)
-    heading_for: dict[int, float] = field(default_factory=dict)  # attraction -> last time aiming/near
+    heading_for: dict[int, float] = field(default_factory=dict)  # attraction -> last time walking toward it
+    heading_dir: dict[int, np.ndarray] = field(default_factory=dict)  # attraction -> unit direction then
     last_stay_end: float = -math.inf
     last_stay_len: float = 0.0
     window_frames: int = 0
@@ -185,9 +187,12 @@ class SignalEngine:
         for tr in tracks:
             box = tr.det_box
             anchor = np.array([(box[0] + box[2]) / 2, box[3]])
-            if self.zones.in_excluded(anchor):
-                continue  # nothing is measured in an excluded zone
             st = self.states.get(tr.tid)
+            if self.zones.in_excluded(anchor):
+                # nothing is measured in an excluded zone; a stay elsewhere ends as if they left
+                if st is not None:
+                    self._update_stay(st, t, (), dt)
+                continue
             if st is None:
                 st = self.states[tr.tid] = TrackState(tr.tid, t)
             zs = tuple(z.index for z in self.zones.zones_at(anchor))
@@ -202,7 +207,10 @@ class SignalEngine:
             st = self.states.get(tr.tid)
             if st is not None:
                 for stay in list(st.stays.values()):
-                    self._end_stay(st, stay, st.samples[-1].t if st.samples else t, "truncated")
+                    if stay.outside_since is not None:  # they had left; the track ended afterwards
+                        self._end_stay(st, stay, stay.outside_since, self._exit_pattern(st, stay, stay.outside_since))
+                    else:
+                        self._end_stay(st, stay, st.samples[-1].t if st.samples else t, "truncated")
         return out
 
     def flush(self) -> list[Vector]:
@@ -251,24 +259,36 @@ class SignalEngine:
 
     def _exit_pattern(self, st: TrackState, stay: Stay, t_exit: float) -> str:
         inside = [s for s in st.samples if stay.start <= s.t <= t_exit]
-        before = [s for s in st.samples if t_exit - 1.0 <= s.t <= t_exit]
         after = [s for s in st.samples if s.t > t_exit]
-        if t_exit - st.veer_t <= VEER_MEMORY_S:
-            return "veer"
         bh = self._bh(st)
         if len(inside) >= 3:
             p = self.zones.to_units(np.array([s.anchor for s in inside]), bh)
             ratio, path = d.straightness(p)
             if ratio < 0.3 and path >= 2.0 and d.reversals(p) >= 2:
                 return "wander"
-        if len(before) >= 3 and len(after) >= 3:
-            vb = self._velocity(before, bh)
+        if t_exit - st.veer_t <= VEER_MEMORY_S:
+            return "veer"
+        if len(after) < 3:
+            return "truncated"  # lost (or stepped into an excluded zone) right after leaving: unknown
+        if len(after) >= 3:
             va = self._velocity(after, bh)
-            sb, sa = float(np.hypot(*vb)), float(np.hypot(*va))
-            if sb < d.STILL_PH_S and sa > d.WALK_PH_S:
-                return "abrupt"
-            if min(sb, sa) > d.WALK_PH_S and float(vb @ va) / (sb * sa) < 0.0:
-                return "abrupt"  # turned by more than 90 degrees at walking speed
+            sa = float(np.hypot(*va))
+            # the slowest 1 s of the last 3 s before the exit (a sprint out of the zone takes only
+            # part of a second, so the 1 s right before the exit would already include it)
+            slowest: tuple[float, np.ndarray] | None = None
+            for end in np.arange(t_exit, t_exit - 2.0 - 1e-9, -0.25):
+                part = [s for s in st.samples if end - 1.0 <= s.t <= end]
+                if len(part) >= 3 and part[-1].t - part[0].t >= 0.5:
+                    vb = self._velocity(part, bh)
+                    sb = float(np.hypot(*vb))
+                    if slowest is None or sb < slowest[0]:
+                        slowest = (sb, vb)
+            if slowest is not None:
+                sb, vb = slowest
+                if sb < d.STILL_PH_S and sa > d.WALK_PH_S:
+                    return "abrupt"
+                if min(sb, sa) > d.WALK_PH_S and float(vb @ va) / (sb * sa) < 0.0:
+                    return "abrupt"  # turned by more than 90 degrees at walking speed
         return "calm"
 
     # -- kinematics -----------------------------------------------------------------------------
@@ -336,16 +356,21 @@ class SignalEngine:
         return best
 
     def _update_heading_for(self, st: TrackState, t: float) -> None:
-        """Remember when the person was near an attraction or on course for it (t* < 3 s and a
-        miss distance inside the near radius): the precondition of a veer."""
+        """Remember when the person was walking toward an attraction: closing in while near it,
+        or on course for it (t* < 3 s and a miss distance inside the far radius). This is the
+        precondition of a veer; standing near a display and then leaving is not one."""
         near = self._nearest_attraction(st)
         if near is None:
             return
         zone, r, rel = near
+        if zone.index in st.stays or (st.last_stay_len >= LONG_STAY_S and t - st.last_stay_end <= VEER_MEMORY_S):
+            st.heading_for.pop(zone.index, None)  # staying, or just stayed: leaving is not veering
+            return
         v, speed = self._motion(st, t)
         t_star, miss = d.closest_approach(rel, v)
-        if r <= d.FAR_PH or (speed > d.STILL_PH_S and 0 < t_star < 3.0 and miss < d.FAR_PH):
+        if speed > d.STILL_PH_S and t_star > 0 and (r <= d.FAR_PH or (t_star < 3.0 and miss < d.FAR_PH)):
             st.heading_for[zone.index] = t
+            st.heading_dir[zone.index] = v / speed
 
     # -- windows --------------------------------------------------------------------------------
     def _close_window(self, ws: float, we: float) -> list[Vector]:
@@ -359,7 +384,6 @@ class SignalEngine:
                 continue
             out.append(self._vector(st, ws, we, frames))
             st.window_frames = st.window_capped = 0
-            st.ended_stays.clear()
         return out
 
     def _vector(self, st: TrackState, ws: float, we: float, frames: int) -> Vector:
@@ -375,11 +399,13 @@ class SignalEngine:
         zone_idx = -1
         dwell = 0.0
         best = st.best_stay()
+        # one ended stay per vector (the most specific); any other waits for the next window
         ended = min(st.ended_stays, key=lambda e: KIND_PRIORITY[e[0].kind], default=None)
-        if best is not None:
-            zone_idx, dwell = best.zone.index, t - best.start
-        elif ended is not None:
+        if ended is not None:
+            st.ended_stays.remove(ended)
             zone_idx, dwell = ended[0].index, ended[1]
+        elif best is not None:
+            zone_idx, dwell = best.zone.index, t - best.start
         elif st.samples and st.samples[-1].zones:
             zone_idx = st.samples[-1].zones[0]
 
@@ -420,12 +446,16 @@ class SignalEngine:
                 focus_u = self.zones.to_units(zone.focus[None], bh)[0]  # type: ignore[index]
                 pts = self.zones.to_units(np.array([s.anchor for s in recent]), bh)
                 radial = -d.lsq_velocity(np.array([s.t for s in recent]), np.hypot(*(pts - focus_u).T)[:, None])[0]
-                app = d.approach(float(radial))
+                _, miss = d.closest_approach(rel, v)
+                app = d.approach(float(radial), miss)
                 app_conf = base_conf
                 cos_beta = float(v @ -rel) / (speed * max(r, 1e-6)) if speed > 1e-6 else 0.0
                 was_heading = t - st.heading_for.get(zone.index, -math.inf) <= VEER_MEMORY_S
+                before = st.heading_dir.get(zone.index)
+                # a veer is a turn: walking on in a straight line past the display is not one
+                turned = before is not None and speed > 1e-6 and float(before @ v) / speed < TURN_COS
                 just_stayed = st.last_stay_len >= LONG_STAY_S and t - st.last_stay_end <= VEER_MEMORY_S
-                if speed > d.STILL_PH_S and cos_beta < 0 and was_heading and not just_stayed and stay is None:
+                if speed > d.STILL_PH_S and cos_beta < 0 and was_heading and turned and not just_stayed and stay is None:
                     turn = d.clip01(-cos_beta)
                     app = min(app, -0.5 - 0.5 * turn)
                     st.veer_t = t

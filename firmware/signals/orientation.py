@@ -32,7 +32,10 @@ NOSE, L_EAR, R_EAR, L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = 0, 3, 4, 5, 6, 11, 12
 MIN_SCORE = 0.3  # MoveNet's suggested keypoint cut-off (scores are confidence, not visibility)
 MIN_BOX_PX = 80.0  # below this box height the shoulders are a few pixels apart
 FRONTAL_RATIO = 0.76  # shoulder width / torso length when squarely facing the camera (vtest 90th pct)
-CONE_DEG = 60.0
+# Ō falls to 0 at side-on. A narrower cone would punish estimation error: yaw from 2-D shoulder
+# width is insensitive near frontal (cos 0.95 = 18 degrees), and a cut-out standing square to the
+# camera reads 18-22 degrees in the scripted scenes.
+CONE_DEG = 90.0
 TORSO_PER_BOX = 0.29  # shoulder-to-hip length / standing height, when the hips are not usable
 
 
