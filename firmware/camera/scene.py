@@ -243,7 +243,7 @@ class Sprite:
 
 DetectorFactory = Callable[[], "Detector"]
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a build may use other cached values
 _cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 _default_detector: list[Detector] = []
 

@@ -103,3 +103,67 @@ def test_the_detector_sees_the_people_in_the_plaza(processed):
         assert ((b >= 0) & (b <= 1)).all()
         assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
         assert (r["scores"][: r["count"]] >= 0.5).all() and (r["scores"][r["count"] :] == 0).all()
+
+
+async def _run_signals():
+    """The whole footage once (795 frames) through the service, as fast as the models go."""
+    loaded = sim_config({"camera": {"pacing": "fast", "loop": False}})
+    svc, _ = await build_service(loaded, token_env={"CUECAM_API_TOKEN": "x" * 20})
+    ended: list[set[str]] = []
+    svc.pipeline.observers.append(lambda fid, t, res: ended.append({tr.tid for tr in svc.analyzer.tracker.ended}))
+    await svc.start()
+    assert svc._task is not None
+    await asyncio.wait_for(asyncio.shield(svc._task), timeout=600)
+    await svc.stop()
+    recs = svc.vectors.since(0, svc.vectors.capacity).records
+    return svc, recs, set().union(*ended)
+
+
+@pytest.fixture(scope="module")
+def signals(models_dir, vtest):
+    return asyncio.run(_run_signals())
+
+
+def test_vtest_gives_vectors_with_fresh_tokens(signals):
+    svc, recs, ended = signals
+    assert svc.pipeline.stats.frames_processed == 795
+    tokens = [t.decode() for t in recs["token"]]
+    assert len(recs) >= 200 and len(set(tokens)) >= 30
+    assert all(len(t) == 32 and int(t, 16) >= 0 for t in tokens)
+    for tok in set(tokens):
+        mine = recs[recs["token"] == tok.encode()]
+        starts = mine["t_start"]
+        assert (np.diff(starts) > 0).all(), "one vector per token per window"
+        # a token's windows form one run: once a track has ended its token is never used again
+        gaps = np.diff(starts) / svc.config.signals.window_s
+        assert (gaps <= 2.0 + 1e-6).all(), f"token {tok[:8]} came back after {gaps.max():.0f} windows"
+    assert ended, "tracks end on this footage"
+
+
+def test_vtest_signals_stay_in_range(signals):
+    _, recs, _ = signals
+    for key, lo in (("engagement", 0.0), ("approach", -1.0), ("satisfaction", -1.0)):
+        v = recs[key][~np.isnan(recs[key])]
+        assert len(v) and (v >= lo).all() and (v <= 1.0).all(), key
+        c = recs[f"{key}_conf"]
+        assert ((c >= 0) & (c <= 1)).all()
+    assert np.allclose(recs["t_end"] - recs["t_start"], 2.0)
+    assert (recs["speed"] >= 0).all() and (recs["speed"] < 10).all()
+    assert np.isnan(recs["engagement"]).mean() < 0.5  # most windows are trustworthy
+
+
+def test_vtest_aggregates_are_plausible(signals):
+    from firmware.signals.schema import aggregates
+
+    svc, recs, _ = signals
+    cells = {c["zone"]: c for c in aggregates(recs, [(z.name, z.kind) for z in svc.config.zones])}
+    assert "staff-path" not in cells  # excluded: no cell, and no vector names it
+    staff = svc.zone_names.index("staff-path")
+    assert not (recs["zone"] == staff).any()
+    # the plaza is a thoroughfare: most people walk the walkway; some cross the sign's area
+    assert cells["walkway"]["tracks"] > cells["plaza-sign"]["tracks"] >= 3
+    assert cells["walkway"]["engagement_mean"] == 0.0  # engagement exists only at an attraction
+    assert 0.0 <= cells["plaza-sign"]["engagement_mean"] < 0.5  # passers-by, not an audience
+    assert cells["walkway"]["stays_ended"] >= 10
+    shares = [cells[z]["approaching_share"] + cells[z]["avoiding_share"] for z in ("walkway", "plaza-sign")]
+    assert all(0.0 < s <= 1.0 for s in shares)
