@@ -66,6 +66,9 @@ class TrackState:
     window_capped: int = 0
     ended_stays: list[tuple[Zone, float, str]] = field(default_factory=list)  # (zone, dwell, exit) this window
     veer_t: float = -math.inf  # last time a veer away from an attraction was seen
+    bh: float = 0.0  # cached median box height (see SignalEngine._bh)
+    bh_n: int = -1
+    bh_t: float = -math.inf
 
     def best_stay(self) -> Stay | None:
         """The current stay in the most specific zone (attraction, then aisle, then entrance)."""
@@ -293,7 +296,14 @@ class SignalEngine:
 
     # -- kinematics -----------------------------------------------------------------------------
     def _bh(self, st: TrackState) -> float:
-        return float(np.median([s.bh for s in list(st.samples)[-20:]]))
+        """The person's box height in pixels: the median of the last 20 samples (cached per sample)."""
+        n = len(st.samples)
+        if st.bh_n != n or not st.samples or st.samples[-1].t != st.bh_t:
+            recent = sorted(st.samples[i].bh for i in range(max(0, n - 20), n))
+            m = len(recent)
+            st.bh = 0.0 if not m else (recent[m // 2] if m % 2 else 0.5 * (recent[m // 2 - 1] + recent[m // 2]))
+            st.bh_n, st.bh_t = n, st.samples[-1].t if n else -math.inf
+        return st.bh
 
     def _velocity(self, samples: list[Sample], bh: float) -> np.ndarray:
         t = np.array([s.t for s in samples])

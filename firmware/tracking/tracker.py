@@ -34,6 +34,11 @@ def _box(mean: np.ndarray) -> np.ndarray:
     return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dtype=np.float64)
 
 
+_Q_UNIT = np.array([_STD_POS, _STD_POS, 0.0, _STD_POS, _STD_VEL, _STD_VEL, 0.0, _STD_VEL]) ** 2  # times h^2
+_R_UNIT = np.array([_STD_POS, _STD_POS, 0.0, _STD_POS]) ** 2  # times h^2
+_R_ASPECT = np.array([0.0, 0.0, 1e-2, 0.0])  # (1e-1)^2 for the aspect ratio
+
+
 class KalmanBox:
     """Constant-velocity Kalman filter for one box; state (cx, cy, a, h, vcx, vcy, va, vh)."""
 
@@ -50,23 +55,29 @@ class KalmanBox:
     def predict(self, dt: float) -> None:
         if dt <= 0:
             return
-        f = np.eye(8)
-        f[:4, 4:] = np.eye(4) * dt
         h = self.mean[3]
-        q_std = np.array([_STD_POS * h, _STD_POS * h, 1e-2, _STD_POS * h,
-                          _STD_VEL * h, _STD_VEL * h, 1e-5, _STD_VEL * h]) * np.sqrt(dt * 10.0)
-        self.mean = f @ self.mean
-        self.cov = f @ self.cov @ f.T + np.diag(q_std**2)
-        self.mean[3] = max(self.mean[3], 1.0)
+        q = (_Q_UNIT * (h * h)) * (dt * 10.0)
+        q[2], q[6] = 1e-4 * dt * 10.0, 1e-10 * dt * 10.0
+        # x' = F x with F = [[I, dt I], [0, I]]; F P F^T written out in blocks (no 8x8 products)
+        m = self.mean
+        m[:4] += dt * m[4:]
+        p = self.cov
+        p_ab = p[:4, 4:] + dt * p[4:, 4:]
+        p[:4, :4] += dt * (p[4:, :4] + p[:4, 4:]) + dt * dt * p[4:, 4:]
+        p[:4, 4:] = p_ab
+        p[4:, :4] = p_ab.T
+        p[np.diag_indices(8)] += q
+        m[3] = max(m[3], 1.0)
 
     def update(self, box: np.ndarray) -> None:
         z = _xyah(box)
         h = self.mean[3]
-        r = np.diag(np.array([_STD_POS * h, _STD_POS * h, 1e-1, _STD_POS * h]) ** 2)
-        s = self._H @ self.cov @ self._H.T + r
-        k = np.linalg.solve(s, (self.cov @ self._H.T).T).T
-        self.mean = self.mean + k @ (z - self._H @ self.mean)
-        self.cov = (np.eye(8) - k @ self._H) @ self.cov
+        p = self.cov
+        s = p[:4, :4].copy()  # H P H^T + R, with H = [I 0]
+        s[np.diag_indices(4)] += _R_UNIT * (h * h) + _R_ASPECT
+        k = np.linalg.solve(s, p[:4, :]).T  # P H^T S^-1 (S and P symmetric)
+        self.mean = self.mean + k @ (z - self.mean[:4])
+        self.cov = p - k @ p[:4, :]
 
     @property
     def box(self) -> np.ndarray:
@@ -125,6 +136,8 @@ def gate(tracks: np.ndarray, dets: np.ndarray, gaps: np.ndarray, base_bh: float,
 
 
 def _similarity(tracks: np.ndarray, dets: np.ndarray, gaps: np.ndarray, cfg: TrackerConfig) -> np.ndarray:
+    if len(tracks) == 0 or len(dets) == 0:
+        return np.zeros((len(tracks), len(dets)))
     sim = diou_matrix(tracks, dets)
     return np.where(gate(tracks, dets, gaps, cfg.gate_bh, cfg.gate_speed_bh_s), sim, -np.inf)
 
