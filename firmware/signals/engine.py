@@ -311,7 +311,14 @@ class SignalEngine:
         return d.lsq_velocity(t, p)
 
     def _recent(self, st: TrackState, t: float, span: float) -> list[Sample]:
-        return [s for s in st.samples if s.t > t - span]
+        """Samples newer than t - span, oldest first (walks back from the newest only)."""
+        out = []
+        for s in reversed(st.samples):
+            if s.t <= t - span:
+                break
+            out.append(s)
+        out.reverse()
+        return out
 
     def _motion(self, st: TrackState, t: float) -> tuple[np.ndarray, float]:
         """Velocity (units/s, image-aligned axes) over the last max(1 s, window) and its speed."""
