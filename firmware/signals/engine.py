@@ -471,13 +471,14 @@ class SignalEngine:
                 before = st.heading_dir.get(zone.index)
                 # a veer is a turn: walking on in a straight line past the display is not one
                 turned = before is not None and speed > 1e-6 and float(before @ v) / speed < TURN_COS
-                just_stayed = st.last_stay_len >= LONG_STAY_S and t - st.last_stay_end <= VEER_MEMORY_S
+                just_stayed = (st.last_stay_len >= LONG_STAY_S and t - st.last_stay_end <= VEER_MEMORY_S) or (
+                    stay is not None and stay.zone.index == zone.index and t - stay.start >= LONG_STAY_S)
                 if speed > d.STILL_PH_S and cos_beta < 0 and was_heading and turned and not just_stayed and stay is None:
                     turn = d.clip01(-cos_beta)
                     app = min(app, -0.5 - 0.5 * turn)
                     st.veer_t = t
                 if just_stayed:
-                    app = max(app, -0.2)  # leaving after a real stay is scored by dwell satisfaction
+                    app = max(app, -0.2)  # leaving (or about to leave) a real stay: scored by dwell satisfaction
 
         sat: float | None = None
         sat_conf = 0.0

@@ -32,9 +32,10 @@ NOSE, L_EAR, R_EAR, L_SHOULDER, R_SHOULDER, L_HIP, R_HIP = 0, 3, 4, 5, 6, 11, 12
 MIN_SCORE = 0.3  # MoveNet's suggested keypoint cut-off (scores are confidence, not visibility)
 MIN_BOX_PX = 80.0  # below this box height the shoulders are a few pixels apart
 FRONTAL_RATIO = 0.76  # shoulder width / torso length when squarely facing the camera (vtest 90th pct)
-# Ō falls to 0 at side-on. A narrower cone would punish estimation error: yaw from 2-D shoulder
-# width is insensitive near frontal (cos 0.95 = 18 degrees), and a cut-out standing square to the
-# camera reads 18-22 degrees in the scripted scenes.
+# Ō is 1 within FULL_DEG of the focus and falls linearly to 0 at side-on (CONE_DEG). Yaw from
+# 2-D shoulder width is coarse: the same square-on cut-out reads 16-39 degrees depending on the
+# crop's resampling (OpenCV 4.10 vs 5.0), so differences inside +-30 degrees are noise, not signal.
+FULL_DEG = 30.0
 CONE_DEG = 90.0
 TORSO_PER_BOX = 0.29  # shoulder-to-hip length / standing height, when the hips are not usable
 
@@ -129,15 +130,21 @@ def facing_alignment(facing: np.ndarray, anchor: np.ndarray, focus: np.ndarray) 
     return min(max(c, -1.0), 1.0) if math.isfinite(c) else 0.0
 
 
-def orientation_score(cos_angle: float, cone_deg: float = CONE_DEG) -> float:
-    """Ō in [0, 1]: 1 facing the focus point, falling linearly with the angle to 0 at ``cone_deg``.
+def orientation_score(cos_angle: float, cone_deg: float = CONE_DEG, full_deg: float = FULL_DEG) -> float:
+    """Ō in [0, 1]: 1 within ``full_deg`` of facing the focus point, falling linearly with the
+    angle to 0 at ``cone_deg``.
 
     Non-finite input scores 0 (unknown is not evidence of facing)."""
     c = float(cos_angle)
     if not math.isfinite(c) or not cone_deg > 0:
         return 0.0
     angle = math.degrees(math.acos(min(max(c, -1.0), 1.0)))
-    return float(min(max(1.0 - angle / cone_deg, 0.0), 1.0))
+    full = min(max(full_deg, 0.0), cone_deg)
+    if angle <= full:
+        return 1.0
+    if cone_deg - full < 1e-9:
+        return 0.0
+    return float(min(max(1.0 - (angle - full) / (cone_deg - full), 0.0), 1.0))
 
 
 def circular_mean(vectors: np.ndarray, weights: np.ndarray | None = None, *, min_resultant: float = 1e-6) -> np.ndarray | None:

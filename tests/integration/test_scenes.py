@@ -52,7 +52,7 @@ def test_stop_and_face_engages_and_leaves_calmly(runs):
     # walks in (0-5 s), stands facing the sign (5-13 s), walks off (13-19 s)
     assert max(v.approach for v in _during(run, vs, 0, 5) if v.approach is not None) > 0.3
     stop = _during(run, vs, 6, 13)
-    assert len(stop) >= 2 and all(v.engagement is not None and v.engagement > 0.6 for v in stop)
+    assert len(stop) >= 2 and all(v.engagement is not None and v.engagement > 0.6 for v in stop), [v.engagement for v in stop]
     assert all(v.zone == runs["stop_and_face"].zone_names.index("plaza-sign") for v in stop)
     assert [v.engagement for v in stop] == sorted(v.engagement for v in stop)  # oriented time builds up
     walk_in = [v.engagement for v in _during(run, vs, 0, 5) if v.engagement is not None]

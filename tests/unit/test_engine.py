@@ -239,8 +239,8 @@ def test_engagement_non_increasing_in_distance_from_the_focus():
 
 
 def test_engagement_non_increasing_in_angle_to_the_focus():
-    """Standing 0.54 PH from the focus, turned ``a`` from it: Ō = 1 - a / 90 degrees (0 from
-    side-on on), and oriented time accrues at Ō per second from when the stay started (0.5 s)."""
+    """Standing 0.54 PH from the focus, turned ``a`` from it: Ō = 1 up to 30 degrees, then
+    falling linearly to 0 at side-on (90 degrees), and oriented time accrues at Ō per second from when the stay started (0.5 s)."""
     angles = [0.0, 15.0, 30.0, 45.0, 60.0, 90.0, 180.0]
     people = [Person([(0.0, 384.0, 510.0), (8.0, 384.0, 510.0)], const(rotated(a))) for a in angles]
     vs = run(people, 8.0)
@@ -251,7 +251,7 @@ def test_engagement_non_increasing_in_angle_to_the_focus():
         assert e[0] > e[4] > 0.25 and e[5] == pytest.approx(0.0, abs=1e-9)  # nothing from side-on (90 degrees) on
         oriented_s = ws + 2.0 - 0.1 - ENTER_S  # to the window's last frame
         for a, got in zip(angles, e, strict=True):
-            o = max(1.0 - a / 90.0, 0.0)
+            o = 1.0 if a <= 30.0 else max(1.0 - (a - 30.0) / 60.0, 0.0)
             assert got == pytest.approx(d.engagement(o, 0.0, r, o * oriented_s, True), abs=1e-6), a
 
 

@@ -161,11 +161,12 @@ def test_facing_alignment_examples():
 
 def test_orientation_score_examples():
     assert orientation_score(1.0) == 1.0
-    assert orientation_score(math.cos(math.radians(30))) == pytest.approx(2 / 3)
-    assert orientation_score(0.5) == pytest.approx(1 / 3)  # 60 degrees
-    assert orientation_score(math.cos(math.radians(30)), cone_deg=60.0) == pytest.approx(0.5)
+    assert orientation_score(math.cos(math.radians(20))) == 1.0  # within 30 degrees: facing
+    assert orientation_score(math.cos(math.radians(30))) == pytest.approx(1.0)
+    assert orientation_score(0.5) == pytest.approx(0.5)  # 60 degrees: half way to side-on
+    assert orientation_score(math.cos(math.radians(30)), cone_deg=60.0, full_deg=0.0) == pytest.approx(0.5)
     assert orientation_score(0.0) == 0.0 and orientation_score(-1.0) == 0.0
-    assert orientation_score(math.cos(math.radians(45)), cone_deg=90.0) == pytest.approx(0.5)
+    assert orientation_score(math.cos(math.radians(45)), cone_deg=90.0, full_deg=0.0) == pytest.approx(0.5)
     assert orientation_score(float("nan")) == 0.0
     assert orientation_score(1.5) == 1.0  # rounding past 1 still means straight on
 
