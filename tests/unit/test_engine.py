@@ -240,7 +240,8 @@ def test_engagement_non_increasing_in_distance_from_the_focus():
 
 def test_engagement_non_increasing_in_angle_to_the_focus():
     """Standing 0.54 PH from the focus, turned ``a`` from it: Ō = 1 up to 30 degrees, then
-    falling linearly to 0 at side-on (90 degrees), and oriented time accrues at Ō per second from when the stay started (0.5 s)."""
+    falling linearly to 0 at side-on (90 degrees), and oriented time accrues at Ō per second
+    from when the stay started (0.5 s)."""
     angles = [0.0, 15.0, 30.0, 45.0, 60.0, 90.0, 180.0]
     people = [Person([(0.0, 384.0, 510.0), (8.0, 384.0, 510.0)], const(rotated(a))) for a in angles]
     vs = run(people, 8.0)
