@@ -35,8 +35,29 @@ def _box(mean: np.ndarray) -> np.ndarray:
 
 
 _Q_UNIT = np.array([_STD_POS, _STD_POS, 0.0, _STD_POS, _STD_VEL, _STD_VEL, 0.0, _STD_VEL]) ** 2  # times h^2
+_Q_CONST = np.array([0.0, 0.0, 1e-4, 0.0, 0.0, 0.0, 1e-10, 0.0])  # aspect ratio and its rate
 _R_UNIT = np.array([_STD_POS, _STD_POS, 0.0, _STD_POS]) ** 2  # times h^2
 _R_ASPECT = np.array([0.0, 0.0, 1e-2, 0.0])  # (1e-1)^2 for the aspect ratio
+
+
+def predict_all(kfs: list[KalmanBox], dt: float) -> None:
+    """Advance every filter by ``dt`` seconds in one batch (x' = F x, P' = F P F^T + Q with
+    F = [[I, dt I], [0, I]], written out in 4x4 blocks)."""
+    if dt <= 0 or not kfs:
+        return
+    m = np.stack([k.mean for k in kfs])  # (n, 8)
+    p = np.stack([k.cov for k in kfs])  # (n, 8, 8)
+    h = m[:, 3]
+    q = (h * h)[:, None] * (_Q_UNIT * (dt * 10.0)) + _Q_CONST * (dt * 10.0)
+    m[:, :4] += dt * m[:, 4:]
+    p_ab = p[:, :4, 4:] + dt * p[:, 4:, 4:]
+    p[:, :4, :4] += dt * (p[:, 4:, :4] + p[:, :4, 4:]) + (dt * dt) * p[:, 4:, 4:]
+    p[:, :4, 4:] = p_ab
+    p[:, 4:, :4] = p_ab.transpose(0, 2, 1)
+    p.reshape(len(kfs), 64)[:, ::9] += q
+    np.maximum(m[:, 3], 1.0, out=m[:, 3])
+    for k, mk, pk in zip(kfs, m, p, strict=True):
+        k.mean, k.cov = mk, pk
 
 
 class KalmanBox:
@@ -53,21 +74,7 @@ class KalmanBox:
         self.cov = np.diag(std**2)
 
     def predict(self, dt: float) -> None:
-        if dt <= 0:
-            return
-        h = self.mean[3]
-        q = (_Q_UNIT * (h * h)) * (dt * 10.0)
-        q[2], q[6] = 1e-4 * dt * 10.0, 1e-10 * dt * 10.0
-        # x' = F x with F = [[I, dt I], [0, I]]; F P F^T written out in blocks (no 8x8 products)
-        m = self.mean
-        m[:4] += dt * m[4:]
-        p = self.cov
-        p_ab = p[:4, 4:] + dt * p[4:, 4:]
-        p[:4, :4] += dt * (p[4:, :4] + p[:4, 4:]) + dt * dt * p[4:, 4:]
-        p[:4, 4:] = p_ab
-        p[4:, :4] = p_ab.T
-        p[np.diag_indices(8)] += q
-        m[3] = max(m[3], 1.0)
+        predict_all([self], dt)
 
     def update(self, box: np.ndarray) -> None:
         z = _xyah(box)
@@ -216,8 +223,8 @@ class Tracker:
         cfg = self.cfg
         dt = 0.0 if self._t is None else max(t - self._t, 0.0)
         self._t = t
+        predict_all([tr.kf for tr in self.tracks], dt)
         for tr in self.tracks:
-            tr.kf.predict(dt)
             tr.det_index = -1
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
