@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 MAX_CONFIG_BYTES = 64 * 1024
 
@@ -269,10 +271,25 @@ def _line_for(path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int:
     return lines.get(p, 1)
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
-    """Parse and validate config text; raise ConfigError listing every problem with its line."""
-    if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{source}: config is larger than {MAX_CONFIG_BYTES} bytes")
+def read_capped_text(path: Path, max_bytes: int, what: str, missing_hint: str) -> str:
+    """A small UTF-8 file's text, or a ConfigError saying what is wrong with it."""
+    try:
+        if path.stat().st_size > max_bytes:
+            raise ConfigError(f"{path}: {what} is larger than {max_bytes} bytes")
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such {what}; {missing_hint}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: {what} is not UTF-8 text") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from e
+
+
+def parse_strict_yaml(
+    text: str, source: str, model: type[M], *, what: str, empty_hint: str, keys_hint: str
+) -> tuple[M, dict[tuple[Any, ...], int]]:
+    """YAML text validated into ``model``: every problem as ``source:line: dotted.key: message``
+    (a ConfigError listing them all). Returns the model and the line of every key."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -282,9 +299,9 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(f"{source}:{line}: not valid YAML: {problem}") from e
     if node is None or data is None:
-        raise ConfigError(f"{source}:1: config is empty; start from board_configs/sim.yaml")
+        raise ConfigError(f"{source}:1: {what} is empty; {empty_hint}")
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: config must be a mapping of keys, not {type(data).__name__}")
+        raise ConfigError(f"{source}:1: {what} must be a mapping of keys, not {type(data).__name__}")
     lines: dict[tuple[Any, ...], int] = {}
     dups: list[tuple[int, str]] = []
     _node_lines(node, (), lines, dups)
@@ -292,12 +309,12 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         problems = [f"{source}:{line}: {key}: duplicate key (YAML would silently keep the last)" for line, key in dups]
         raise ConfigError("\n".join(problems), problems=problems)
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data), lines
     except ValidationError as e:
         problems = []
         for err in e.errors():
             path = _data_path(tuple(err["loc"]), data)
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 # Point at the discriminator key itself (camera.type), not at the section holding it.
                 path = (*path, str(err.get("ctx", {}).get("discriminator", "type")).strip("'"))
@@ -305,24 +322,24 @@ def parse_config(text: str, source: str = "<config>") -> Config:
                     msg = "required key is missing"
             key = ".".join(str(p) for p in path) or "(top level)"
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; see board_configs/sim.yaml for every key)"
+                msg = f"unknown key (check the spelling; {keys_hint})"
             elif err["type"] == "missing":
                 msg = "required key is missing"
             problems.append(f"{source}:{_line_for(path, lines)}: {key}: {msg}")
         raise ConfigError("\n".join(problems), problems=problems) from e
 
 
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and validate config text; raise ConfigError listing every problem with its line."""
+    if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: config is larger than {MAX_CONFIG_BYTES} bytes")
+    cfg, _ = parse_strict_yaml(text, source, Config, what="config", empty_hint="start from board_configs/sim.yaml",
+                               keys_hint="see board_configs/sim.yaml for every key")
+    return cfg
+
+
 def load_config(path: str | Path) -> LoadedConfig:
     """Read, parse and validate a board config file."""
     p = Path(path)
-    try:
-        if p.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{p}: config is larger than {MAX_CONFIG_BYTES} bytes")
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise ConfigError(f"{p}: no such config file; the shipped ones are in board_configs/") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: config is not UTF-8 text") from e
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from e
+    text = read_capped_text(p, MAX_CONFIG_BYTES, "config file", "the shipped ones are in board_configs/")
     return LoadedConfig(parse_config(text, str(p)), p.resolve())

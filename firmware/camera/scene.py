@@ -36,10 +36,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import cv2
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..config import InferenceConfig, Size, _data_path, _line_for, _node_lines
+from ..config import InferenceConfig, Size, _line_for, parse_strict_yaml, read_capped_text
 from ..errors import CameraError, ConfigError
 
 if TYPE_CHECKING:
@@ -172,45 +171,10 @@ class Scene:
 def load_scene(path: str | Path) -> Scene:
     """Read and validate a scene file; raise ConfigError naming file, line and key."""
     p = Path(path)
-    try:
-        if p.stat().st_size > MAX_SCENE_BYTES:
-            raise ConfigError(f"{p}: scene file is larger than {MAX_SCENE_BYTES} bytes")
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise ConfigError(f"{p}: no such scene file; the shipped ones are in {SCENES_DIR}") from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: scene file is not UTF-8 text") from e
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read scene file: {e.strerror}") from e
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f"{mark.line + 1}" if mark is not None else "?"
-        raise ConfigError(f"{p}:{line}: not valid YAML: {getattr(e, 'problem', None) or e}") from e
-    if node is None or not isinstance(data, dict):
-        raise ConfigError(f"{p}:1: a scene file must be a mapping with background, duration and actors")
-    lines: dict[tuple[Any, ...], int] = {}
-    dups: list[tuple[int, str]] = []
-    _node_lines(node, (), lines, dups)
-    if dups:
-        problems = [f"{p}:{line}: {key}: duplicate key (YAML would silently keep the last)" for line, key in dups]
-        raise ConfigError("\n".join(problems), problems=problems)
-    try:
-        spec = SceneSpec.model_validate(data)
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            key_path = _data_path(tuple(err["loc"]), data)
-            key = ".".join(str(k) for k in key_path) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; see firmware/camera/scene.py for every key)"
-            elif err["type"] == "missing":
-                msg = "required key is missing"
-            problems.append(f"{p}:{_line_for(key_path, lines)}: {key}: {msg}")
-        raise ConfigError("\n".join(problems), problems=problems) from e
+    text = read_capped_text(p, MAX_SCENE_BYTES, "scene file", f"the shipped ones are in {SCENES_DIR}")
+    spec, lines = parse_strict_yaml(text, str(p), SceneSpec, what="scene file",
+                                    empty_hint="a scene needs background, duration and actors",
+                                    keys_hint="see firmware/camera/scene.py for every key")
     scene = Scene(p.resolve(), spec, lines)
     kind, bg = scene.background
     if not bg.is_file():
