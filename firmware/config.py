@@ -187,6 +187,78 @@ class SignalsConfig(_Strict):
     pose_min_box_px: float = Field(default=80.0, ge=0, le=4096)
 
 
+HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+
+
+class ButtonConfig(_Strict):
+    """The signage opt-out button on a GPIO pin (BCM numbering), read with gpiozero."""
+
+    pin: int = Field(default=17, ge=0, le=27)
+    pull_up: bool = True  # button between the pin and ground
+    bounce_s: float = Field(default=0.05, ge=0, le=1)
+    # What ends a pause early: nothing, a second press, or holding the button this long.
+    resume: Literal["none", "second_press", "long_press"] = "long_press"
+    long_press_s: float = Field(default=3.0, gt=0, le=30)
+
+
+class LedConfig(_Strict):
+    pin: int = Field(default=27, ge=0, le=27)  # blinks while paused, steady on while measuring
+
+
+class OptOutConfig(_Strict):
+    pause_s: float = Field(default=600.0, ge=1, le=3600)  # pause after a press (default 10 min)
+    # Purge what the board holds from the last lookback_s seconds; None: everything it holds.
+    lookback_s: float | None = Field(default=None, gt=0, le=3600)
+    # `mock`: gpiozero's MockFactory (sim board and tests; POST /v1/sim/button presses it);
+    # `auto`: the real pins (lgpio on a Pi 5, RPi.GPIO or lgpio on a Pi 4); `none`: no button.
+    pins: Literal["auto", "mock", "none"] = "auto"
+    button: ButtonConfig = ButtonConfig()
+    led: LedConfig | None = LedConfig()
+
+
+class ClosedHours(_Strict):
+    """Local times when the shop is closed (staff only): frames are dropped before detection."""
+
+    start: HHMM
+    end: HHMM  # may be earlier than start: the window wraps past midnight
+    days: Annotated[list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]], Field(min_length=1, max_length=7)] = [
+        "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class NoticeConfig(_Strict):
+    """What the store's privacy sign says (GET /v1/privacy, `cuecam sign`)."""
+
+    controller: str = Field(default="The store", min_length=1, max_length=200)  # who is responsible
+    contact: str = Field(default="ask at the till", min_length=1, max_length=200)
+    purpose: str = Field(default="to adapt displays and offers to how busy and how engaging each area is",
+                         min_length=1, max_length=400)
+    language: str = Field(default="en", pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+
+
+class PrivacyConfig(_Strict):
+    retention_s: float = Field(default=600.0, ge=10, le=3600)  # vectors older than this are purged
+    token_rotation_s: float = Field(default=600.0, ge=10, le=600)  # a person's token is replaced this often
+    k_anonymity: int = Field(default=5, ge=2, le=100)  # aggregate cells from fewer tracks are suppressed
+    timezone: str | None = Field(default=None, max_length=64)  # for closed hours; None: the board's local time
+    closed_hours: Annotated[list[ClosedHours], Field(max_length=14)] = []
+    optout: OptOutConfig = OptOutConfig()
+    notice: NoticeConfig = NoticeConfig()
+    audit_log: str = Field(default="/var/lib/cuecam/audit.jsonl", min_length=1, max_length=4096)
+    audit_max_bytes: int = Field(default=256 * 1024, ge=4096, le=16 * 1024 * 1024)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        if v is not None:
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(v)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError) as e:
+                raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Berlin)") from e
+        return v
+
+
 class Config(_Strict):
     version: Literal[1]
     board: BoardConfig
@@ -198,6 +270,7 @@ class Config(_Strict):
     ground_plane: GroundPlaneConfig | None = None
     tracking: TrackingConfig = TrackingConfig()
     signals: SignalsConfig = SignalsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _unique_zones(self) -> Config:
