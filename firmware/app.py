@@ -29,12 +29,16 @@ from .inference import Detector, create_detector
 from .inference.pose import PoseEstimator, create_pose_estimator
 from .models import load_manifest
 from .pipeline import Pipeline
+from .privacy.audit import AuditLog
+from .privacy.schedule import ClosedSchedule
+from .privacy.signage import Signage
 from .ringbuffer import RingBuffer
 from .signals.analyzer import FrameAnalyzer
 from .signals.schema import VECTOR_DTYPE
 
 log = logging.getLogger("cuecam")
 STARTUP_GRACE_S = 15.0
+RETENTION_TICK_S = 0.25
 
 
 class Service:
@@ -61,6 +65,7 @@ class Service:
         self.pose = pose
         self.zone_names = [z.name for z in cfg.zones]
         self.vectors = RingBuffer(VECTOR_DTYPE, cfg.buffer.capacity)
+        self.audit = AuditLog(loaded.resolve(cfg.privacy.audit_log), cfg.privacy.audit_max_bytes)
         self.analyzer = FrameAnalyzer(cfg, detector, pose)
         self.pipeline = Pipeline(
             camera=camera,
@@ -71,25 +76,125 @@ class Service:
             clock=clock,
             wall_clock=wall_clock,
         )
+        self.schedule = ClosedSchedule(cfg.privacy.closed_hours, cfg.privacy.timezone)
+        self.pipeline.closed = self.schedule.closed
         self.started = clock()
         self._task: asyncio.Task[None] | None = None
+        # opt-out state
+        self.signage: Signage | None = None
+        self.paused_until: float | None = None  # monotonic
+        self.optouts = 0
+        self.last_optout: dict[str, Any] | None = None
+        self.expired = 0  # vectors purged by retention
+        self._resume_task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
+        self._optout_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
 
     def uptime(self) -> float:
         return self.now() - self.started
 
+    def attach_signage(self) -> None:
+        """Set up the opt-out button and LED (on the running event loop); GpioError if the pins
+        cannot be used."""
+        loop = asyncio.get_running_loop()
+        self.signage = Signage(self.config.privacy.optout, loop, self._button_pressed, self._button_held)
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self.pipeline.run(), name="cuecam-pipeline")
+        self._retention_task = asyncio.create_task(self._retention(), name="cuecam-retention")
 
     async def stop(self) -> None:
         """Stop the pipeline, close the camera, join the worker threads. Never raises."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for t in (self._task, self._retention_task, self._resume_task, *self._background):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        if self.signage is not None:
+            self.signage.close()
         await self.pipeline.close()
+
+    # -- privacy: retention, opt-out ---------------------------------------------------------------
+    async def _retention(self) -> None:
+        """Vectors older than privacy.retention_s are zeroed within RETENTION_TICK_S."""
+        while True:
+            self.expire()
+            await asyncio.sleep(RETENTION_TICK_S)
+
+    def expire(self) -> int:
+        n = self.vectors.expire(self.wall() - self.config.privacy.retention_s)
+        self.expired += n
+        return n
+
+    def paused_remaining(self) -> float | None:
+        if self.paused_until is None:
+            return None
+        return max(self.paused_until - self.now(), 0.0)
+
+    async def optout(self, source: str) -> dict[str, Any]:
+        """Pause measuring and purge, at once: frames in flight dropped, every track and pending
+        window forgotten, the vectors of the look-back (default: all) zeroed; the pause lasts
+        privacy.optout.pause_s. A press while paused purges again and restarts the pause."""
+        async with self._optout_lock:
+            t0 = self.now()
+            frames, tracks = await self.pipeline.pause()
+            lookback = self.config.privacy.optout.lookback_s
+            vectors = self.vectors.clear() if lookback is None else self.vectors.purge_since(self.wall() - lookback)
+            pause_s = self.config.privacy.optout.pause_s
+            self.paused_until = self.now() + pause_s
+            if self._resume_task is not None:
+                self._resume_task.cancel()
+            self._resume_task = asyncio.create_task(self._resume_after(pause_s), name="cuecam-resume")
+            if self.signage is not None:
+                self.signage.show(paused=True)
+            latency_ms = (self.now() - t0) * 1000.0
+            self.optouts += 1
+            self.last_optout = {"source": source, "latency_ms": round(latency_ms, 2),
+                                "purged": {"vectors": vectors, "tracks": tracks, "frames": frames}}
+        self.audit.append("optout", source, vectors=vectors, tracks=tracks, frames=frames, pause_s=pause_s)
+        log.info("opt-out (%s): paused %.0f s; purged %d vectors, %d tracks, %d frames in %.1f ms",
+                 source, pause_s, vectors, tracks, frames, latency_ms)
+        return {"paused": True, "remaining_s": round(pause_s, 3), **self.last_optout}
+
+    async def resume(self, source: str) -> bool:
+        """End a pause early (or when it runs out). False when not paused."""
+        if self.paused_until is None:
+            return False
+        self.paused_until = None
+        if self._resume_task is not None and self._resume_task is not asyncio.current_task():
+            self._resume_task.cancel()
+        self._resume_task = None
+        self.pipeline.resume()
+        if self.signage is not None:
+            self.signage.show(paused=False)
+        self.audit.append("resume", source)
+        log.info("measuring again (%s)", source)
+        return True
+
+    async def _resume_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        await self.resume("schedule")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _button_pressed(self) -> None:
+        if self.paused_until is not None and self.config.privacy.optout.button.resume == "second_press":
+            self._spawn(self.resume("button"))
+        else:
+            self._spawn(self.optout("button"))
+
+    def _button_held(self) -> None:
+        if self.paused_until is not None and self.config.privacy.optout.button.resume == "long_press":
+            self._spawn(self.resume("button"))
 
     def health(self) -> tuple[bool, str | None]:
         st = self.pipeline.stats
+        if self.paused_until is not None and st.state in ("running", "starting"):
+            return True, None  # paused on purpose (opt-out): healthy
         if st.state == "error":
             return False, f"camera: {st.error}"
         if st.state == "ended":
@@ -141,6 +246,21 @@ class Service:
                 "models_ms": {"p50": _r(k50), "p99": _r(k99)},
                 "zones": [{"name": z.name, "kind": z.kind} for z in self.config.zones],
             },
+            "privacy": {
+                "paused": self.paused_until is not None,
+                "paused_remaining_s": _r(self.paused_remaining()),
+                "optouts": self.optouts,
+                "last_optout": self.last_optout,
+                "retention_s": self.config.privacy.retention_s,
+                "expired_vectors": self.expired,
+                "token_rotation_s": self.config.privacy.token_rotation_s,
+                "k_anonymity": self.config.privacy.k_anonymity,
+                "closed_now": self.schedule.closed(self.wall()),
+                "frames_closed": st.frames_closed,
+                "frames_discarded": st.frames_discarded,
+                "button": None if self.signage is None or self.signage.button is None else self.config.privacy.optout.pins,
+                "led": None if self.signage is None else self.signage.led_state,
+            },
         }
 
 
@@ -158,7 +278,9 @@ def with_source(loaded: LoadedConfig, source: Path) -> LoadedConfig:
     return LoadedConfig(loaded.config.model_copy(update={"camera": new_cam}), loaded.path)
 
 
-async def build_service(loaded: LoadedConfig, *, token_env: dict[str, str] | None = None) -> tuple[Service, Token]:
+async def build_service(
+    loaded: LoadedConfig, *, token_env: dict[str, str] | None = None, wall_clock: Callable[[], float] = time.time
+) -> tuple[Service, Token]:
     """Load the model, open the camera, find the token: every start-up check, before serving."""
     cfg = loaded.config
     manifest_dir = loaded.resolve(cfg.inference.models_dir)
@@ -175,7 +297,13 @@ async def build_service(loaded: LoadedConfig, *, token_env: dict[str, str] | Non
     )
     camera = create_camera(loaded)
     await camera.open()
-    return Service(loaded, camera=camera, detector=detector, pose=pose), token
+    svc = Service(loaded, camera=camera, detector=detector, pose=pose, wall_clock=wall_clock)
+    try:
+        svc.attach_signage()
+    except CuecamError:
+        await camera.close()
+        raise
+    return svc, token
 
 
 async def serve(loaded: LoadedConfig, *, port: int | None = None, ready: Callable[[str], None] | None = None) -> int:

@@ -41,3 +41,9 @@ class AuthError(CuecamError):
     """The API token cannot be found or created."""
 
     exit_code = 3
+
+
+class GpioError(CuecamError):
+    """The opt-out button or status LED cannot be set up on the configured pins."""
+
+    exit_code = 3

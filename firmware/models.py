@@ -15,10 +15,10 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ModelError
 from .fsutil import fsync_dir
@@ -27,6 +27,21 @@ MAX_MODEL_BYTES = 256 * 1024 * 1024
 MAX_MANIFEST_BYTES = 256 * 1024
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "models" / "manifest.yaml"
 ASSETS_HINT = "get it from the shared assets (../shared/models, see ../shared/ASSETS.md) and run `make models`"
+# Tasks cuecam refuses outright (docs/signals.md: no faces, no personal characteristics, no
+# recognition). Any other face_* task is refused as well.
+FORBIDDEN_TASKS = frozenset({
+    "face_detection", "face_landmarks", "face_recognition", "face_embedding", "age", "gender", "emotion",
+    "ethnicity", "demographics", "person_reid", "reid", "gait_recognition",
+})
+
+
+class ForbiddenTaskError(ValueError):
+    """A manifest entry declares a face, demographic or re-identification task."""
+
+
+def _forbidden(task: Any) -> bool:
+    t = str(task).strip().lower().replace("-", "_").replace(" ", "_")
+    return t in FORBIDDEN_TASKS or t == "face" or t.startswith(("face_", "faces_"))
 
 
 class _Strict(BaseModel):
@@ -63,6 +78,19 @@ class Manifest(_Strict):
     files: dict[str, FileEntry]
     models: dict[str, ModelEntry]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_forbidden_tasks(cls, data: Any) -> Any:
+        """Refuse face/demographic/re-identification models by name, before the generic task check."""
+        models = data.get("models") if isinstance(data, dict) else None
+        if isinstance(models, dict):
+            for name, entry in models.items():
+                task = entry.get("task") if isinstance(entry, dict) else None
+                if task is not None and _forbidden(task):
+                    raise ForbiddenTaskError(
+                        f"cuecam never runs face, demographic or re-identification models: {name} declares task {task}")
+        return data
+
 
 @dataclass(frozen=True)
 class ResolvedModel:
@@ -81,7 +109,12 @@ def load_manifest(path: str | Path = DEFAULT_MANIFEST) -> Manifest:
         manifest = Manifest.model_validate(data)
     except FileNotFoundError as e:
         raise ModelError(f"{p}: model manifest not found (it ships in the repository's models/)") from e
-    except (yaml.YAMLError, ValidationError, UnicodeDecodeError) as e:
+    except ValidationError as e:
+        for err in e.errors():
+            if isinstance(err.get("ctx", {}).get("error"), ForbiddenTaskError):
+                raise ModelError(f"{p}: {err['ctx']['error']}") from e
+        raise ModelError(f"{p}: invalid model manifest: {e}") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ModelError(f"{p}: invalid model manifest: {e}") from e
     for key, m in manifest.models.items():
         for f in (m.file, m.labels):

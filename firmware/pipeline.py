@@ -47,6 +47,8 @@ class PipelineStats:
     last_processed: float | None = None
     first_detection: float | None = None
     frames_with_people: int = 0
+    frames_discarded: int = 0  # dropped unanalysed, or their results thrown away, by an opt-out
+    frames_closed: int = 0  # dropped before detection during closed hours (staff only)
     people_last_frame: int = 0
     state: str = "starting"  # starting | running | ended | error | stopped
     error: str | None = None
@@ -97,6 +99,13 @@ class Pipeline:
         self._queue: asyncio.Queue[Frame | None] = asyncio.Queue(maxsize=queue_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cuecam-inference")
         self.stats = PipelineStats(started=clock())
+        # Opt-out: while cleared, nothing is read from the camera and nothing is analysed.
+        self._measuring = asyncio.Event()
+        self._measuring.set()
+        self._generation = 0  # bumped by pause(): results of frames analysed before it are dropped
+        # Closed hours: called with the wall clock; True drops the frame before detection.
+        self.closed: Callable[[float], bool] = lambda _t: False
+        self._was_closed = False
 
     async def run(self) -> None:
         """Run until the source ends or the task is cancelled. The camera must already be open."""
@@ -121,6 +130,7 @@ class Pipeline:
     async def _produce(self) -> None:
         backoff = 1.0
         while True:
+            await self._measuring.wait()
             try:
                 frame = await self.camera.read()
             except CameraError as e:
@@ -146,6 +156,10 @@ class Pipeline:
                 log.info("camera source ended after %d frames", self.stats.frames_captured)
                 return
             backoff = 1.0
+            if not self._measuring.is_set():  # paused while the frame was being captured
+                self.stats.frames_discarded += 1
+                del frame
+                continue
             self.stats.frames_captured += 1
             self.stats.last_capture = self._clock()
             if self.camera.live:
@@ -159,6 +173,19 @@ class Pipeline:
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
         while (frame := await self._queue.get()) is not None:
+            if not self._measuring.is_set():  # opted out: a frame that slipped in after the purge
+                self.stats.frames_discarded += 1
+                del frame
+                continue
+            if self.closed(self._wall()):
+                self.stats.frames_closed += 1
+                del frame  # never reaches the detector
+                if not self._was_closed:  # closing time: forget every track and pending window
+                    self._was_closed = True
+                    await loop.run_in_executor(self._executor, self.analyzer.reset)
+                continue
+            self._was_closed = False
+            generation = self._generation
             try:
                 res = await loop.run_in_executor(self._executor, self.analyzer.process, frame.image, frame.t_mono)
             except Exception as e:  # one bad frame must not stop the device
@@ -168,6 +195,9 @@ class Pipeline:
                 continue
             frame_id, t_mono = frame.frame_id, frame.t_mono
             del frame  # the pixels go no further than this
+            if generation != self._generation:  # an opt-out came while this frame was analysed
+                self.stats.frames_discarded += 1
+                continue
             dets = res.detections
             n = len(dets)
             wall = self._wall()
@@ -195,6 +225,34 @@ class Pipeline:
                     observe(frame_id, t_mono, res)
                 except Exception:  # an in-process observer must not stop the device
                     log.exception("pipeline observer failed on frame %d", frame_id)
+
+    @property
+    def measuring(self) -> bool:
+        return self._measuring.is_set()
+
+    async def pause(self) -> tuple[int, int]:
+        """Stop measuring now: no more camera reads, frames in flight dropped, every track and
+        pending window forgotten. Returns (frames dropped, tracks forgotten)."""
+        self._measuring.clear()
+        self._generation += 1
+        dropped = 0
+        sentinel = False
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is None:
+                sentinel = True
+            else:
+                dropped += 1
+            del item
+        if sentinel:
+            self._queue.put_nowait(None)
+        self.stats.frames_discarded += dropped
+        # On the analysis thread, after the frame being analysed (if any): never concurrently.
+        tracks = await asyncio.get_running_loop().run_in_executor(self._executor, self.analyzer.reset)
+        return dropped, tracks
+
+    def resume(self) -> None:
+        self._measuring.set()
 
     async def close(self) -> None:
         """Close the camera and join the inference thread. Never raises."""

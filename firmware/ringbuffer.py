@@ -56,7 +56,8 @@ class RingBuffer:
         return int(self._data.nbytes)
 
     def __len__(self) -> int:
-        return self._next_seq - self.oldest_seq
+        # every slot outside the held range is zero (never written, cleared, expired or purged)
+        return int(np.count_nonzero(self._data["seq"]))
 
     @property
     def oldest_seq(self) -> int:
@@ -90,13 +91,43 @@ class RingBuffer:
         self._first_kept = self._next_seq
         return n
 
+    def expire(self, before: float) -> int:
+        """Zero and forget the oldest records whose ``t_wall`` is before ``before`` (retention).
+
+        Records are appended in wall-clock order, so the expired ones are a prefix; stops at the
+        first record that is new enough. Returns how many were dropped."""
+        first, last = self.oldest_seq, self.newest_seq
+        if last < first:
+            return 0
+        idx = np.arange(first, last + 1, dtype=np.int64) % self._capacity
+        t = self._data["t_wall"][idx]
+        keep = np.flatnonzero(t >= before)
+        n = len(idx) if not len(keep) else int(keep[0])
+        if n:
+            self._data[idx[:n]] = self._zero
+            self._first_kept = first + n
+        return n
+
+    def purge_since(self, t: float) -> int:
+        """Zero every record whose ``t_wall`` is at or after ``t`` (an opt-out's look-back).
+
+        The purged records become holes: reads skip them, sequence numbers keep counting."""
+        first, last = self.oldest_seq, self.newest_seq
+        if last < first:
+            return 0
+        idx = np.arange(first, last + 1, dtype=np.int64) % self._capacity
+        hit = idx[(self._data["t_wall"][idx] >= t) & (self._data["seq"][idx] != 0)]
+        self._data[hit] = self._zero
+        return len(hit)
+
     # -- reads ------------------------------------------------------------------------------
     def _take(self, first: int, last: int) -> np.ndarray:
         """Copy records first..last (inclusive sequence numbers)."""
         if last < first:
             return self._data[:0].copy()
         idx = np.arange(first, last + 1, dtype=np.int64) % self._capacity
-        return self._data[idx]  # fancy indexing copies
+        recs = self._data[idx]  # fancy indexing copies
+        return recs[recs["seq"] != 0]  # holes left by purge_since
 
     def since(self, cursor: int, limit: int, where: Callable[[np.ndarray], np.ndarray] | None = None) -> Slice:
         """Records with ``seq > cursor``, at most ``limit`` of them, oldest first.

@@ -4,8 +4,10 @@
     cuecam device status     --url URL [--token-file FILE]
     cuecam device vectors    --url URL [--since N] [--limit N] [--zone NAME]
     cuecam device aggregates --url URL [--window S]
+    cuecam sign --config board_configs/sim.yaml --out sign.html [--format html|svg]
 
-The token comes from --token-file, else $CUECAM_API_TOKEN. Output is JSON.
+The token comes from --token-file, else $CUECAM_API_TOKEN. Output is JSON. ``sign`` writes the
+store's printable A5 privacy sign from a board config (what GET /v1/privacy serves).
 """
 
 from __future__ import annotations
@@ -42,6 +44,33 @@ def _get(url: str, token: str | None, timeout: float) -> tuple[int, Any]:
             return e.code, {"error": {"status": e.code, "message": body.decode("utf-8", "replace")[:500]}}
 
 
+def _sign(args: argparse.Namespace) -> int:
+    from firmware.config import load_config
+    from firmware.errors import ConfigError
+    from firmware.privacy.notice import privacy_notice
+
+    from .sign import render_html, render_svg
+
+    fmt = args.format or ("svg" if args.out.suffix.lower() == ".svg" else "html")
+    try:
+        cfg = load_config(args.config).config
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    if not cfg.privacy.notice.language.startswith("en"):
+        print(f"warning: privacy.notice.language is {cfg.privacy.notice.language!r}, but the sign's text exists "
+              "only in English; it is written in English", file=sys.stderr)
+    notice = privacy_notice(cfg)
+    text = render_svg(notice) if fmt == "svg" else render_html(notice)
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"cuecam: A5 privacy sign ({fmt}) written to {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="cuecam", description="Talk to cuecam camera boards.")
     sub = ap.add_subparsers(dest="group", required=True)
@@ -60,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--zone", help="only vectors of this zone")
         if name == "aggregates":
             p.add_argument("--window", type=int, default=60, help="seconds (1-3600)")
+    sign = sub.add_parser("sign", help="write the store's printable A5 privacy sign from a board config")
+    sign.add_argument("--config", type=Path, required=True, help="the board config (e.g. board_configs/rpi5.yaml)")
+    sign.add_argument("--out", type=Path, required=True, help="output file (.html or .svg)")
+    sign.add_argument("--format", choices=("html", "svg"), help="default: svg for a .svg --out, else html")
     args = ap.parse_args(argv)
+    if args.group == "sign":
+        return _sign(args)
     path = {"health": "/health", "status": "/v1/status", "vectors": "/v1/vectors", "aggregates": "/v1/aggregates"}[args.cmd]
     query: dict[str, Any] = {}
     if args.cmd == "vectors":

@@ -26,6 +26,7 @@ class SceneRun:
     vectors: list[Vector] = field(default_factory=list)
     actor_names: list[str] = field(default_factory=list)
     zone_names: list[str] = field(default_factory=list)
+    tokens: dict[str, list[str]] = field(default_factory=dict)  # track id -> the session tokens its vectors carried
     t0: float = 0.0  # the frame timeline at scene time 0 (windows are aligned on the timeline, not the scene)
 
     def track_of(self, actor: int) -> list[str]:
@@ -41,7 +42,8 @@ class SceneRun:
         return sorted(counts, key=lambda k: -counts[k])
 
     def vectors_of(self, tid: str) -> list[Vector]:
-        return sorted((v for v in self.vectors if v.token == tid), key=lambda v: v.t_start)
+        toks = set(self.tokens.get(tid, ()))
+        return sorted((v for v in self.vectors if v.token in toks), key=lambda v: v.t_start)
 
     def exits(self, tid: str) -> list[str]:
         return [EXIT_NAMES[v.exit] for v in self.vectors_of(tid) if v.exit]
@@ -90,6 +92,11 @@ async def _run(name: str, overrides: dict | None) -> SceneRun:
         run.truth.append(renderer.truth_at(t))
         run.visible.append(visibility(t))
         run.tracks.append([(tr.tid, np.array(tr.det_box, dtype=np.float64)) for tr in res.tracked])
+        engine = svc.analyzer.engine
+        for tr in res.tracked:  # test-only bookkeeping: which session token each track was given
+            st = engine.states.get(tr.tid) if engine is not None else None
+            if st is not None and st.token not in run.tokens.setdefault(tr.tid, []):
+                run.tokens[tr.tid].append(st.token)
         run.vectors.extend(res.vectors)
 
     svc.pipeline.observers.append(observe)

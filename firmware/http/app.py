@@ -1,13 +1,14 @@
 """The device's HTTP API (aiohttp + orjson).
 
 Every route is declared once in ``ROUTES``; the router and the OpenAPI document are both built
-from that table, so /openapi.json lists exactly what is served. Every route but /health needs the
-device's bearer token. Responses are built field by field from named record fields (an
-allow-list): nothing that is not listed here can reach the network.
+from that table, so /openapi.json lists exactly what is served. Every route but /health and
+/v1/privacy (the public notice) needs the device's bearer token. Responses are built field by
+field from named record fields (an allow-list): nothing that is not listed here can reach the network.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .. import __version__
+from ..privacy.audit import AUDIT_SCHEMA
+from ..privacy.notice import PRIVACY_SCHEMA, privacy_notice
 from ..signals.schema import AGGREGATES_SCHEMA, SCHEMA, VECTORS_SCHEMA, aggregates, to_json
 from .auth import Token
 
@@ -103,7 +106,10 @@ def parse_query(request: web.Request, params: tuple[Param, ...]) -> dict[str, An
 async def health(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     ok, reason = svc.health()
-    body = {"status": "ok" if ok else "degraded", "reason": reason, "uptime_s": round(svc.uptime(), 3)}
+    remaining = svc.paused_remaining()
+    body = {"status": ("paused" if remaining is not None else "ok") if ok else "degraded", "reason": reason,
+            "uptime_s": round(svc.uptime(), 3),
+            "paused": None if remaining is None else {"remaining_s": round(remaining, 3)}}
     return json_response(body, status=200 if ok else 503)
 
 
@@ -140,7 +146,50 @@ async def aggregates_handler(request: web.Request) -> web.Response:
     recs = svc.vectors.between(now - q["window"], now + 1.0, svc.vectors.capacity).records
     zones = [(z.name, z.kind) for z in svc.config.zones]
     return json_response({"schema": SCHEMA, "window_s": q["window"], "until": round(now, 3),
-                          "zones": aggregates(recs, zones)})
+                          "k_anonymity": svc.config.privacy.k_anonymity,
+                          "zones": aggregates(recs, zones, svc.config.privacy.k_anonymity)})
+
+
+async def optout(request: web.Request) -> web.Response:
+    """Network-connected signage: the same as pressing the opt-out button."""
+    parse_query(request, ())
+    return json_response(await request.app[SERVICE].optout("api"))
+
+
+SIM_BUTTON_PARAMS = (IntParam("hold_ms", "How long the button is held down (ms).", 100, 0, 10_000),)
+
+
+async def sim_button(request: web.Request) -> web.Response:
+    """Press the mock opt-out button (sim board: privacy.optout.pins = mock) as a shopper would."""
+    svc = request.app[SERVICE]
+    q = parse_query(request, SIM_BUTTON_PARAMS)
+    if svc.signage is None or svc.signage.kind != "mock" or svc.signage.button is None:
+        raise web.HTTPNotFound(reason="no mock button on this board (privacy.optout.pins is not mock)")
+    before = (svc.optouts, svc.paused_until)
+    await asyncio.get_running_loop().run_in_executor(None, svc.signage.press, q["hold_ms"] / 1000.0)
+    for _ in range(100):  # the press is handled on the event loop: let it run (bounded, 1 s)
+        if (svc.optouts, svc.paused_until) != before:
+            break
+        await asyncio.sleep(0.01)
+    return json_response({"pressed_ms": q["hold_ms"], "paused": svc.paused_until is not None,
+                          "remaining_s": svc.paused_remaining()})
+
+
+async def privacy(request: web.Request) -> web.Response:
+    return json_response(privacy_notice(request.app[SERVICE].config))
+
+
+AUDIT_PARAMS = (
+    IntParam("since", "Only entries after this time (epoch seconds; 0: all held).", 0, 0, 2**63 - 1),
+    IntParam("limit", "At most this many entries, the newest (up to api.max_limit).", 100, 1),
+)
+
+
+async def audit(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    q = parse_query(request, AUDIT_PARAMS)
+    entries = svc.audit.read(q["limit"], float(q["since"]) if q["since"] else None)
+    return json_response({"entries": entries, "write_errors": svc.audit.write_errors})
 
 
 class _ServiceCollector:
@@ -221,9 +270,23 @@ _HEALTH_SCHEMA = {
     "type": "object",
     "required": ["status", "reason", "uptime_s"],
     "properties": {
-        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "status": {"type": "string", "enum": ["ok", "paused", "degraded"]},
         "reason": {"type": ["string", "null"]},
         "uptime_s": {"type": "number"},
+        "paused": {"type": ["object", "null"], "description": "Set while an opt-out pause runs.",
+                   "properties": {"remaining_s": {"type": "number"}}},
+    },
+}
+_OPTOUT_SCHEMA = {
+    "type": "object",
+    "required": ["paused", "remaining_s", "source", "latency_ms", "purged"],
+    "properties": {
+        "paused": {"type": "boolean"},
+        "remaining_s": {"type": "number"},
+        "source": {"type": "string"},
+        "latency_ms": {"type": "number", "description": "Request to paused-and-purged."},
+        "purged": {"type": "object", "properties": {"vectors": {"type": "integer"}, "tracks": {"type": "integer"},
+                                                     "frames": {"type": "integer"}}},
     },
 }
 ROUTES: tuple[Route, ...] = (
@@ -234,6 +297,14 @@ ROUTES: tuple[Route, ...] = (
           params=VECTOR_PARAMS, response=VECTORS_SCHEMA),
     Route("GET", "/v1/aggregates", aggregates_handler, "Per-zone counts and signal means over the last window seconds.",
           params=AGGREGATE_PARAMS, response=AGGREGATES_SCHEMA),
+    Route("GET", "/v1/privacy", privacy, "The public privacy notice (what the store's sign says).", auth=False,
+          response=PRIVACY_SCHEMA),
+    Route("GET", "/v1/audit", audit, "The opt-out audit log: privacy events with counts, oldest first.",
+          params=AUDIT_PARAMS, response=AUDIT_SCHEMA),
+    Route("POST", "/v1/optout", optout, "Opt out: pause measuring and purge what the board holds, as the button does.",
+          response=_OPTOUT_SCHEMA),
+    Route("POST", "/v1/sim/button", sim_button, "Sim board only: press the mock opt-out button.",
+          params=SIM_BUTTON_PARAMS),
     Route("GET", "/metrics", metrics, "Prometheus metrics.", content_type="text/plain",
           response={"type": "string"}),
     Route("GET", "/openapi.json", openapi, "This document."),

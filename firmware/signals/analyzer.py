@@ -43,21 +43,32 @@ class FrameAnalyzer:
         self.engine: SignalEngine | None = None  # built at the first frame, when its size is known
         self._size: tuple[int, int] | None = None
 
-    def reset(self) -> None:
-        """Forget every track, pose and pending window (opt-out): nothing carries over."""
+    def reset(self) -> int:
+        """Forget every track, pose and pending window (opt-out): nothing carries over.
+        Returns how many tracks were forgotten."""
+        n = len(self.tracker.tracks)
         self.tracker.reset()
         if self.engine is not None:
-            self.engine.reset()
+            n = max(n, self.engine.reset())
+        return n
 
     def process(self, image: np.ndarray, t: float) -> FrameResult:
         t0 = time.perf_counter()
         h, w = image.shape[:2]
         if self.engine is None or self._size != (w, h):
             self._size = (w, h)
-            self.engine = SignalEngine(self.cfg.signals, ZoneMap(self.cfg.zones, self.cfg.ground_plane, w, h))
+            self.engine = SignalEngine(self.cfg.signals, ZoneMap(self.cfg.zones, self.cfg.ground_plane, w, h),
+                                       self.cfg.privacy.token_rotation_s)
         dets = self.detector.detect(image)
         model_ms = dets.infer_ms
         scale = np.array([w, h, w, h], dtype=np.float64)
+        if self.engine.zones.excluded and len(dets):
+            # people standing in an excluded zone (staff areas) are dropped before the tracker:
+            # no track, no signal, no count
+            feet = np.stack([(dets.boxes[:, 0] + dets.boxes[:, 2]) / 2 * w, dets.boxes[:, 3] * h], axis=1)
+            keep = np.array([not self.engine.zones.in_excluded(p) for p in feet], dtype=bool)
+            if not keep.all():
+                dets = Detections(dets.boxes[keep], dets.scores[keep], dets.capped, dets.infer_ms)
         tracks = self.tracker.update(dets.boxes * scale, dets.scores, t)
         invokes = 0
         if self.pose is not None and tracks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import math
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,8 +50,9 @@ class Stay:
 
 @dataclass
 class TrackState:
-    token: str
+    token: str  # random 128 bits (secrets), not the tracker's id; replaced every token_rotation_s
     first_t: float
+    token_born: float = 0.0
     samples: collections.deque[Sample] = field(default_factory=lambda: collections.deque(maxlen=400))
     facing: np.ndarray | None = None  # unit vector, image coordinates (y down = toward the camera)
     facing_conf: float = 0.0
@@ -124,8 +126,15 @@ class TypicalStays:
             q.clear()
 
 
+def new_token() -> str:
+    """A session token: 128 random bits from the OS (secrets), hex. Never derived from anything
+    about the person, their position or the time."""
+    return secrets.token_hex(16)
+
+
 class SignalEngine:
-    def __init__(self, cfg: SignalsConfig, zones: ZoneMap) -> None:
+    def __init__(self, cfg: SignalsConfig, zones: ZoneMap, token_rotation_s: float = 600.0) -> None:
+        self.token_rotation_s = token_rotation_s
         self.cfg = cfg
         self.zones = zones
         self.window_s = cfg.window_s
@@ -143,6 +152,7 @@ class SignalEngine:
         self.typical.clear()
         self._window_start = None
         self._window_frames = 0
+        self._last_t = None
         return n
 
     def pose_candidates(self, tracks: list[Track], t: float, budget: int) -> list[Track]:
@@ -197,7 +207,7 @@ class SignalEngine:
                     self._update_stay(st, t, (), dt)
                 continue
             if st is None:
-                st = self.states[tr.tid] = TrackState(tr.tid, t)
+                st = self.states[tr.tid] = TrackState(new_token(), t, token_born=t)
             zs = tuple(z.index for z in self.zones.zones_at(anchor))
             st.samples.append(Sample(t, anchor, float(box[3] - box[1]), zs))
             while st.samples and t - st.samples[0].t > HISTORY_S:
@@ -400,6 +410,9 @@ class SignalEngine:
                     del self.states[tid]
                 continue
             out.append(self._vector(st, ws, we, frames))
+            if we - st.token_born >= self.token_rotation_s:
+                # rotate at a window boundary; the old token is not kept anywhere on the device
+                st.token, st.token_born = new_token(), we
             st.window_frames = st.window_capped = 0
         return out
 

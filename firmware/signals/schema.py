@@ -104,9 +104,14 @@ def _mean(x: np.ndarray) -> float | None:
     return round(float(x.mean()), 3) if len(x) else None
 
 
-def aggregates(records: np.ndarray, zones: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+AGGREGATE_NUMBERS = ("tracks", "vectors", "stays_ended", "engagement_mean", "dwell_satisfaction_mean",
+                     "approach_avoid_mean", "approaching_share", "avoiding_share")
+
+
+def aggregates(records: np.ndarray, zones: Sequence[tuple[str, str]], k: int = 1) -> list[dict[str, Any]]:
     """Per-zone counts and signal means over the given records (one cell per zone, plus
-    ``null`` for people in no zone)."""
+    ``null`` for people in no zone). A cell computed from fewer than ``k`` distinct tokens is
+    suppressed: every number in it is null (k-anonymity)."""
     out = []
     cells: list[tuple[int, str | None, str | None]] = [(i, n, k) for i, (n, k) in enumerate(zones) if k != "excluded"]
     cells.append((-1, None, None))
@@ -116,10 +121,12 @@ def aggregates(records: np.ndarray, zones: Sequence[tuple[str, str]]) -> list[di
         app = sel["approach"].astype(np.float64)
         sat = sel["satisfaction"].astype(np.float64)
         app_v = app[~np.isnan(app)]
-        out.append({
+        n_tracks = len(np.unique(sel["token"]))
+        cell: dict[str, Any] = {
             "zone": name,
             "kind": kind,
-            "tracks": len(np.unique(sel["token"])),
+            "suppressed": n_tracks < k,
+            "tracks": n_tracks,
             "vectors": len(sel),
             "stays_ended": int((~np.isnan(sat)).sum()),
             "engagement_mean": _mean(eng),
@@ -127,7 +134,10 @@ def aggregates(records: np.ndarray, zones: Sequence[tuple[str, str]]) -> list[di
             "approach_avoid_mean": _mean(app),
             "approaching_share": round(float((app_v > 0.3).mean()), 3) if len(app_v) else None,
             "avoiding_share": round(float((app_v < -0.3).mean()), 3) if len(app_v) else None,
-        })
+        }
+        if cell["suppressed"]:
+            cell.update(dict.fromkeys(AGGREGATE_NUMBERS))
+        out.append(cell)
     return out
 
 
@@ -187,24 +197,26 @@ _MEAN = {"type": ["number", "null"]}
 AGGREGATES_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["schema", "window_s", "until", "zones"],
+    "required": ["schema", "window_s", "until", "k_anonymity", "zones"],
     "properties": {
         "schema": {"type": "integer", "const": SCHEMA},
         "window_s": {"type": "integer"},
         "until": {"type": "number"},
+        "k_anonymity": {"type": "integer", "description": "Cells from fewer distinct tokens are suppressed."},
         "zones": {
             "type": "array",
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["zone", "kind", "tracks", "vectors", "stays_ended", "engagement_mean",
+                "required": ["zone", "kind", "suppressed", "tracks", "vectors", "stays_ended", "engagement_mean",
                              "dwell_satisfaction_mean", "approach_avoid_mean", "approaching_share", "avoiding_share"],
                 "properties": {
                     "zone": {"type": ["string", "null"]},
                     "kind": {"type": ["string", "null"]},
-                    "tracks": {"type": "integer", "minimum": 0},
-                    "vectors": {"type": "integer", "minimum": 0},
-                    "stays_ended": {"type": "integer", "minimum": 0},
+                    "suppressed": {"type": "boolean", "description": "Fewer than k_anonymity people: no numbers."},
+                    "tracks": {"type": ["integer", "null"], "minimum": 0},
+                    "vectors": {"type": ["integer", "null"], "minimum": 0},
+                    "stays_ended": {"type": ["integer", "null"], "minimum": 0},
                     "engagement_mean": _MEAN,
                     "dwell_satisfaction_mean": _MEAN,
                     "approach_avoid_mean": _MEAN,

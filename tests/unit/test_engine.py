@@ -8,6 +8,7 @@ across the top and a staff counter on the left is excluded.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -70,6 +71,7 @@ class Person:
     visible: Callable[[int], bool] = lambda i: True  # by frame index: dropped detections
     jitter_px: float = 0.0
     tid: str = field(default_factory=lambda: secrets.token_hex(16))
+    tokens: list[str] = field(default_factory=list)  # the session tokens the engine gave this person, in order
 
     def at(self, t: float) -> tuple[float, float] | None:
         if not self.path[0][0] - 1e-9 <= t <= self.path[-1][0] + 1e-9:
@@ -116,6 +118,10 @@ def run(
             if p.ended_at is not None and abs(s - p.ended_at) < 0.5 / fps:
                 ended.append(make_track(p.tid, 0.0, 0.0))
         out += eng.step(t, tracks, ended, capped)
+        for p in people:
+            st = eng.states.get(p.tid)
+            if st is not None and st.token not in p.tokens:
+                p.tokens.append(st.token)
     if flush:
         out += eng.flush()
     for v in out:
@@ -140,11 +146,11 @@ def check_vector(v: Vector, window_s: float) -> None:
 
 
 def mine(vs: list[Vector], p: Person) -> list[Vector]:
-    return [v for v in vs if v.token == p.tid]
+    return [v for v in vs if v.token in p.tokens]
 
 
 def window(vs: list[Vector], p: Person, t_start: float) -> Vector:
-    (v,) = [v for v in vs if v.token == p.tid and v.t_start == pytest.approx(t_start)]
+    (v,) = [v for v in vs if v.token in p.tokens and v.t_start == pytest.approx(t_start)]
     return v
 
 
@@ -541,7 +547,8 @@ def test_nothing_is_measured_in_an_excluded_zone():
     assert mine(vs, staff) == []
     assert staff.tid not in eng.states
     assert len(mine(vs, visitor)) == 6
-    assert mine(vs, visitor) == mine(run([visitor], 10.0), visitor)  # the staff member changes nothing for others
+    alone = mine(run([visitor], 10.0), visitor)  # the staff member changes nothing for others
+    assert [dataclasses.replace(v, token="") for v in mine(vs, visitor)] == [dataclasses.replace(v, token="") for v in alone]
 
 
 def test_stepping_from_the_display_into_an_adjacent_excluded_zone_ends_the_stay():
@@ -577,11 +584,13 @@ def test_stepping_from_the_display_into_an_adjacent_excluded_zone_ends_the_stay(
 
 @pytest.mark.parametrize("window_s", [0.5, 2.0, 3.0, 7.0])
 @pytest.mark.parametrize("t0", [0.0, 12.3, 1_700_000_000.05])
-def test_windows_are_aligned_and_tokens_are_track_ids(window_s, t0):
+def test_windows_are_aligned_and_tokens_are_random(window_s, t0):
     p = walk_in_and_stop(const(TOWARD), until=11.0)
     q = Person([(0.0, 20.0, 150.0), (6.0, 740.0, 150.0)])
     vs = run([p, q], 11.0, t0=t0, window_s=window_s)
-    assert {v.token for v in vs} == {p.tid, q.tid}
+    assert len(p.tokens) == len(q.tokens) == 1  # no rotation within 10 min
+    assert {v.token for v in vs} == {p.tokens[0], q.tokens[0]}
+    assert not {p.tid, q.tid} & {v.token for v in vs}  # the tracker's ids never leave the engine
     for v in vs:
         assert re.fullmatch(r"[0-9a-f]{32}", v.token)
         assert v.t_end - v.t_start == pytest.approx(window_s, abs=1e-6)
@@ -619,8 +628,15 @@ def scene() -> list[Person]:
     ]
 
 
+def who(vs: list[Vector]) -> list[int]:
+    """Tokens are random per run: compare runs by order of first appearance instead."""
+    first: dict[str, int] = {}
+    return [first.setdefault(v.token, len(first)) for v in vs]
+
+
 def signals(vs: list[Vector]) -> list[tuple]:
-    return [(v.t_start, v.token, v.zone, v.engagement, v.approach, v.satisfaction, v.exit, v.orientation) for v in vs]
+    return [(v.t_start, k, v.zone, v.engagement, v.approach, v.satisfaction, v.exit, v.orientation)
+            for v, k in zip(vs, who(vs), strict=True)]
 
 
 @pytest.mark.parametrize("scale", [0.5, 2.0])
@@ -645,7 +661,8 @@ def test_signals_do_not_depend_on_the_clock_origin():
 def test_signals_are_stable_from_10_to_5_fps():
     people = scene()  # the sprinter too: abrupt at 5 fps as at 10
     ten, five = run(people, 12.0), run(people, 12.0, fps=5.0)
-    assert [(v.t_start, v.token, v.zone, v.exit) for v in ten] == [(v.t_start, v.token, v.zone, v.exit) for v in five]
+    assert [(v.t_start, k, v.zone, v.exit) for v, k in zip(ten, who(ten), strict=True)] == [
+        (v.t_start, k, v.zone, v.exit) for v, k in zip(five, who(five), strict=True)]
     for u, v in zip(ten, five, strict=True):
         for a, b in ((u.engagement, v.engagement), (u.approach, v.approach), (u.satisfaction, v.satisfaction)):
             assert (a is None) == (b is None)
@@ -702,3 +719,31 @@ def test_pose_candidates_prefer_people_near_the_display_and_skip_small_boxes():
     assert eng.pose_candidates(tracks, 2.1, 0) == []
     small = make_track(secrets.token_hex(16), 300.0, 300.0, bh=60.0)
     assert small not in eng.pose_candidates([*tracks, small], 2.1, 5)
+
+
+# -- session tokens --------------------------------------------------------------------------------
+
+
+def test_tokens_rotate_at_window_boundaries_and_never_come_back():
+    p = walk_in_and_stop(const(TOWARD), until=65.0)
+    eng = SignalEngine(SignalsConfig(), zone_map(), token_rotation_s=20.0)
+    vs = run([p], 65.0, engine=eng)
+    assert len(p.tokens) == 4  # born at 0 s, rotated at 20, 40 and 60 s
+    spans = [[v for v in vs if v.token == tok] for tok in p.tokens]
+    for tok, span in zip(p.tokens, spans, strict=True):
+        assert re.fullmatch(r"[0-9a-f]{32}", tok) and tok != p.tid
+        assert span[-1].t_end - span[0].t_start <= 20.0 + eng.window_s
+    # each token's windows come before the next token's: no token survives its rotation
+    assert [v.token for v in vs] == [tok for tok, span in zip(p.tokens, spans, strict=True) for _ in span]
+    assert p.tokens[-1] == eng.states[p.tid].token and not set(p.tokens[:-1]) & {st.token for st in eng.states.values()}
+
+
+def test_ten_thousand_tokens_are_unique_and_random():
+    from firmware.signals.engine import new_token
+
+    toks = [new_token() for _ in range(10_000)]
+    assert len(set(toks)) == 10_000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", t) for t in toks)
+    # the bits look uniform: each hex digit position has roughly 1/16 of each value
+    counts = np.array([[sum(t[i] == c for t in toks) for c in "0123456789abcdef"] for i in (0, 15, 31)])
+    assert counts.min() > 10_000 / 16 * 0.75 and counts.max() < 10_000 / 16 * 1.25

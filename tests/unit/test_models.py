@@ -334,3 +334,26 @@ def test_cli_verify_the_repository_models(models_dir: Path) -> None:
     r = run_models("verify")
     assert r.returncode == 0, r.stderr
     assert str(MODELS_DIR) in r.stdout
+
+
+# -- no face, demographic or re-identification models ---------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["face_detection", "face_recognition", "face_embedding", "age", "gender", "emotion",
+                                  "ethnicity", "demographics", "person_reid", "reid", "gait_recognition",
+                                  "Face-Landmarks", "face_attributes"])
+def test_face_demographic_and_reid_tasks_are_refused_by_name(tmp_path: Path, task: str) -> None:
+    m = tmp_path / "manifest.yaml"
+    m.write_text(MANIFEST_PATH.read_text().replace("task: pose_multi", f"task: {task}"))
+    with pytest.raises(ModelError) as ei:
+        load_manifest(m)
+    assert str(ei.value) == (f"{m}: cuecam never runs face, demographic or re-identification models: "
+                             f"posenet_mobilenet_v1 declares task {task}")
+
+
+def test_other_unknown_tasks_get_the_generic_error(tmp_path: Path) -> None:
+    m = tmp_path / "manifest.yaml"
+    m.write_text(MANIFEST_PATH.read_text().replace("task: pose_multi", "task: segmentation"))
+    with pytest.raises(ModelError, match="invalid model manifest") as ei:
+        load_manifest(m)
+    assert "never runs" not in str(ei.value)
