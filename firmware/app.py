@@ -152,7 +152,9 @@ class Service:
             self.optouts += 1
             self.last_optout = {"source": source, "latency_ms": round(latency_ms, 2),
                                 "purged": {"vectors": vectors, "tracks": tracks, "frames": frames}}
-        self.audit.append("optout", source, vectors=vectors, tracks=tracks, frames=frames, pause_s=pause_s)
+        # the log is rewritten and fsynced atomically: off the event loop (its writer takes a lock)
+        await asyncio.to_thread(self.audit.append, "optout", source, vectors=vectors, tracks=tracks, frames=frames,
+                                pause_s=pause_s)
         log.info("opt-out (%s): paused %.0f s; purged %d vectors, %d tracks, %d frames in %.1f ms",
                  source, pause_s, vectors, tracks, frames, latency_ms)
         return {"paused": True, "remaining_s": round(pause_s, 3), **self.last_optout}
@@ -168,7 +170,7 @@ class Service:
         self.pipeline.resume()
         if self.signage is not None:
             self.signage.show(paused=False)
-        self.audit.append("resume", source)
+        await asyncio.to_thread(self.audit.append, "resume", source)
         log.info("measuring again (%s)", source)
         return True
 

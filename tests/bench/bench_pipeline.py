@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""cuecam benchmark: start-up, throughput, analysis overhead, vector latency and memory of the
+"""cuecam benchmark: start-up, throughput, analysis overhead, vector latency, opt-out latency and memory of the
 sim board on real footage (media/vtest.avi, 768x576 at 10 fps, looped).
 
 Run with ``make bench`` (or ``.venv/bin/python tests/bench/bench_pipeline.py``). Prints one
@@ -84,6 +84,35 @@ process did not exit 0 on SIGTERM or printed a traceback.
    - bare_model_ms_per_frame = detector_ms_mean + pose_invokes_per_frame * pose_ms_mean.
    - model_fps = 1000 / bare_model_ms_per_frame.
    - pipeline_vs_model_ratio = pipeline_fps / model_fps.
+
+5. Opt-out, in this process (``optout_*``): the same service as in phase 3 (pacing ``realtime``,
+   API and polling client alongside) with the sim board's mock opt-out button (gpiozero
+   MockFactory) and ``privacy.audit_log`` pointed into a temporary folder (the presses write
+   2 * OPTOUT_PRESSES audit lines; the log is size-capped). Once frames flow, OPTOUT_PRESSES
+   presses of ``svc.signage.press(0.0)``, each run in an executor thread (as ``POST
+   /v1/sim/button`` does), then a wait in 1 ms steps (at most OPTOUT_WAIT_S) until
+   ``svc.optouts`` increments: the opt-out ran to its end (pipeline paused, frames in flight
+   dropped, tracks and windows forgotten, vectors purged). After each press the buffer must hold
+   no vector and the pipeline must not be measuring (else the phase fails); then
+   ``await svc.resume("api")`` and OPTOUT_GAP_S of measuring. Realtime pacing gives a frame only
+   every 100 ms, so after OPTOUT_GAP_S alone almost every press would find the pipeline idle and
+   almost no frame would be analysed (2 frames in 100 presses); so before the next press the
+   phase also waits (1 ms steps, at most OPTOUT_WAIT_S) for a frame: for an "idle" press (even
+   presses) until a frame has been analysed since the resume, for an "inflight" press (odd
+   presses) until a frame has been captured, so that press lands while that frame is queued or
+   being analysed (the slow path: the pause waits for the analysis under way to finish before it
+   forgets the tracks).
+
+   - optout_p50_ms / optout_p99_ms / optout_max_ms: press (before the executor call) -> paused
+     and purged, over all optout_presses presses; target optout_target_ms (p99), optout_ok.
+   - optout_idle_p50_ms / _p99, optout_inflight_p50_ms / _p99: the same over each half.
+   - optout_firmware_ms_p50 / _p99: the firmware's own figure (``last_optout.latency_ms``: from
+     the opt-out handler's start to paused and purged, i.e. without the button thread and the
+     event-loop hand-over).
+   - optout_frames_processed: frames analysed during the presses (measuring between them);
+     optout_frames_discarded: frames dropped unanalysed or thrown away by the presses;
+     optout_vectors_purged: vectors the presses purged; optout_audit_entries /
+     optout_audit_write_errors: the audit log at the end; optout_s: the phase's wall time.
 """
 
 from __future__ import annotations
@@ -145,6 +174,10 @@ POSE_CROP_SCALE = 1.2  # as firmware/inference/pose_movenet.py
 MODEL_WARMUP = 20
 MODEL_INVOKES = 400  # frames: one detector invoke each, plus pose invokes
 NONMODEL_OVERHEAD_TARGET = 0.10
+OPTOUT_PRESSES = 1000
+OPTOUT_TARGET_MS = 250.0  # press -> paused and purged, p99
+OPTOUT_WAIT_S = 2.0  # per press, at most
+OPTOUT_GAP_S = 0.02  # measuring between presses
 
 
 def progress(msg: str) -> None:
@@ -292,9 +325,11 @@ async def _api_client(url: str, token: str, stop: asyncio.Event, stats: dict[str
 
 
 async def _run_service(pacing: str, token: str, observer: Callable[[int, float, FrameResult], None],
-                       body: Callable[[Service, asyncio.Task[None]], Any]) -> tuple[Any, dict[str, Any]]:
-    """Build the service, serve the API on loopback with a polling client, await ``body``."""
-    loaded = sim_config(pacing)
+                       body: Callable[[Service, asyncio.Task[None]], Any],
+                       loaded: LoadedConfig | None = None) -> tuple[Any, dict[str, Any]]:
+    """Build the service (from ``loaded``, else sim.yaml at ``pacing``), serve the API on loopback
+    with a polling client, await ``body``."""
+    loaded = loaded or sim_config(pacing)
     svc, tok = await build_service(loaded, token_env={ENV_VAR: token})
     svc.pipeline.observers.append(observer)
     runner = web.AppRunner(build_app(svc, tok), handle_signals=False, access_log=None)
@@ -448,6 +483,89 @@ async def measure_vector_latency(token: str) -> dict[str, Any]:
     return out
 
 
+# -- 5. opt-out latency on the mock button ---------------------------------------------------------
+async def measure_optout(token: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="cuecam-bench-audit-") as audit_dir:
+        base = sim_config("realtime")
+        privacy = base.config.privacy.model_copy(update={"audit_log": str(Path(audit_dir) / "audit.jsonl")})
+        loaded = LoadedConfig(base.config.model_copy(update={"privacy": privacy}), base.path)
+
+        async def wait_for(cond: Callable[[], bool], what: str) -> None:
+            for _ in range(int(OPTOUT_WAIT_S / 0.001)):  # bounded, 1 ms steps
+                if cond():
+                    return
+                await asyncio.sleep(0.001)
+            raise RuntimeError(f"{what} within {OPTOUT_WAIT_S:.0f} s")
+
+        async def body(svc: Service, client: asyncio.Task[None]) -> dict[str, Any]:
+            if svc.signage is None or svc.signage.kind != "mock" or svc.signage.button is None:
+                raise RuntimeError("no mock opt-out button (privacy.optout.pins is not mock)")
+            loop = asyncio.get_running_loop()
+            st = svc.pipeline.stats
+            t_end = time.monotonic() + FIRST_DETECTION_TIMEOUT_S
+            while st.frames_processed < 5:
+                _check_running(svc, client)
+                if time.monotonic() > t_end:
+                    raise TimeoutError("no frames processed before the presses")
+                await asyncio.sleep(0.05)
+            frames0, discarded0 = st.frames_processed, st.frames_discarded
+            lat_ms: dict[str, list[float]] = {"idle": [], "inflight": []}
+            firmware_ms: list[float] = []
+            purged = 0
+            t_phase = time.monotonic()
+            for i in range(OPTOUT_PRESSES):
+                if st.state in ("error", "ended"):  # (the polling client may end before the presses do)
+                    raise RuntimeError(f"pipeline {st.state}: {st.error}")
+                kind = "inflight" if i % 2 else "idle"
+                n = svc.optouts
+                t0 = time.perf_counter()
+                await loop.run_in_executor(None, svc.signage.press, 0.0)
+                await wait_for(lambda n=n: svc.optouts > n, f"press {i + 1}: no opt-out")
+                lat_ms[kind].append((time.perf_counter() - t0) * 1000.0)
+                if len(svc.vectors) != 0 or svc.pipeline.measuring:
+                    raise RuntimeError(f"press {i + 1}: not paused and purged ({len(svc.vectors)} vectors held, "
+                                       f"measuring={svc.pipeline.measuring})")
+                last = svc.last_optout or {}
+                firmware_ms.append(float(last.get("latency_ms", math.nan)))
+                purged += int(last.get("purged", {}).get("vectors", 0))
+                processed, captured = st.frames_processed, st.frames_captured
+                if not await svc.resume("api"):
+                    raise RuntimeError(f"press {i + 1}: resume found the pipeline not paused")
+                await asyncio.sleep(OPTOUT_GAP_S)  # measuring again between presses
+                # Realtime pacing gives a frame every 100 ms: wait for one so that frames do flow
+                # between presses; the next press then finds the pipeline idle (that frame analysed)
+                # or, every other time, that frame queued or under analysis (the slow path).
+                if kind == "inflight":  # the next press is an idle one
+                    await wait_for(lambda p=processed: st.frames_processed > p, f"after press {i + 1}: no frame analysed")
+                else:
+                    await wait_for(lambda c=captured: st.frames_captured > c, f"after press {i + 1}: no frame captured")
+            every = lat_ms["idle"] + lat_ms["inflight"]
+            p99 = pct(every, 99)
+            return {
+                "optout_p50_ms": pct(every, 50),
+                "optout_p99_ms": p99,
+                "optout_max_ms": max(every),
+                "optout_presses": len(every),
+                "optout_target_ms": OPTOUT_TARGET_MS,
+                "optout_ok": "yes" if p99 is not None and p99 <= OPTOUT_TARGET_MS else "no",
+                "optout_idle_p50_ms": pct(lat_ms["idle"], 50),
+                "optout_idle_p99_ms": pct(lat_ms["idle"], 99),
+                "optout_inflight_p50_ms": pct(lat_ms["inflight"], 50),
+                "optout_inflight_p99_ms": pct(lat_ms["inflight"], 99),
+                "optout_firmware_ms_p50": pct(firmware_ms, 50),
+                "optout_firmware_ms_p99": pct(firmware_ms, 99),
+                "optout_frames_processed": st.frames_processed - frames0,
+                "optout_frames_discarded": st.frames_discarded - discarded0,
+                "optout_vectors_purged": purged,
+                "optout_audit_entries": len(svc.audit),
+                "optout_audit_write_errors": svc.audit.write_errors,
+                "optout_s": time.monotonic() - t_phase,
+            }
+
+        out, _api = await _run_service("realtime", token, lambda *_: None, body, loaded=loaded)
+    return out
+
+
 # -- 4. the bare models on inputs prepared beforehand ---------------------------------------------
 def _square_crop(rgb: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     """A size x size crop as MoveNetPose feeds its model: 1.2x square around the box, black outside."""
@@ -559,6 +677,7 @@ ORDER = [
     "model_ms_per_frame", "analysis_ms_per_frame", "nonmodel_overhead_ratio", "nonmodel_overhead_target",
     "nonmodel_overhead_ok", "pose_invokes_per_frame", "bare_model_ms_per_frame",
     "vector_latency_ms_p50", "vector_latency_ms_p99", "vector_latency_target_ms", "vector_latency_ok",
+    "optout_p50_ms", "optout_p99_ms", "optout_target_ms", "optout_ok",
     "rss_mib", "rss_peak_mib",
     # 1. start-up
     "serving_s", "first_detection_service_s", "first_detection_polls", "first_vector_polls", "process_exit_code",
@@ -579,6 +698,11 @@ ORDER = [
     "model_frames", "model_elapsed_fps", "detector_ms_mean", "detector_ms_p50", "detector_ms_p99",
     "pose_ms_mean", "pose_ms_p50", "pose_ms_p99", "pose_invokes", "pose_crops", "pose_crop_source",
     "model_input", "pose_input", "decode_ms", "resize_ms", "decode_frames", "model_error",
+    # 5. opt-out
+    "optout_max_ms", "optout_presses", "optout_idle_p50_ms", "optout_idle_p99_ms", "optout_inflight_p50_ms",
+    "optout_inflight_p99_ms", "optout_firmware_ms_p50", "optout_firmware_ms_p99", "optout_frames_processed",
+    "optout_frames_discarded", "optout_vectors_purged", "optout_audit_entries", "optout_audit_write_errors",
+    "optout_s", "optout_error",
     # environment
     "runtime", "model_runtime", "pose_model", "pose_budget", "threads", "process_threads", "cv2_threads", "cpus",
     "python", "opencv", "loadavg_1m_start", "loadavg_1m_end", "bench_s",
@@ -605,20 +729,23 @@ def main() -> int:
             results[f"{name}_error"] = f"{type(e).__name__}: {e}"
             progress(f"{name} failed: {type(e).__name__}: {e}")
 
-    progress("1/4 start-up: spawning python -m firmware --config board_configs/sim.yaml --port 0")
+    progress("1/5 start-up: spawning python -m firmware --config board_configs/sim.yaml --port 0")
     phase("startup", lambda: measure_startup(token))
     if results.get("process_exit_code") != 0 or "process_traceback" in results:
         failed = True
 
-    progress(f"2/4 pipeline: {PIPELINE_WARMUP} + {PIPELINE_FRAMES} frames, pacing fast, API on loopback")
+    progress(f"2/5 pipeline: {PIPELINE_WARMUP} + {PIPELINE_FRAMES} frames, pacing fast, API on loopback")
     phase("pipeline", lambda: asyncio.run(measure_pipeline(token)))
 
-    progress(f"3/4 vector latency: {REALTIME_S:.0f} s, pacing realtime, API on loopback")
+    progress(f"3/5 vector latency: {REALTIME_S:.0f} s, pacing realtime, API on loopback")
     phase("realtime", lambda: asyncio.run(measure_vector_latency(token)))
 
     ppf = results.get("pose_invokes_per_frame")
-    progress(f"4/4 models: {MODEL_INVOKES} frames of bare detector invokes + {ppf or 0:.2f} pose invokes each")
+    progress(f"4/5 models: {MODEL_INVOKES} frames of bare detector invokes + {ppf or 0:.2f} pose invokes each")
     phase("model", lambda: measure_model(ppf or 0.0))
+
+    progress(f"5/5 opt-out: {OPTOUT_PRESSES} presses of the mock button, pacing realtime, API on loopback")
+    phase("optout", lambda: asyncio.run(measure_optout(token)))
 
     if "pipeline_fps" in results and "model_fps" in results:
         results["pipeline_vs_model_ratio"] = results["pipeline_fps"] / results["model_fps"]
