@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 COMPAT_VENV ?= .venv-bookworm
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-stamp
 
-.PHONY: help setup venv models media run test test-all test-compat bench lint clean
+.PHONY: help setup venv models media run test test-all test-compat test-ota bench lint clean
 
 help: ## print this help
 	@echo "cuecam make targets:"
@@ -55,6 +55,9 @@ $(COMPAT_STAMP): pyproject.toml tests/bookworm-constraints.txt
 test-compat: setup $(COMPAT_STAMP) ## the real-model tests on Bookworm's numpy 1.24, with LiteRT and tflite-runtime
 	$(COMPAT_VENV)/bin/python -c "import numpy; assert numpy.__version__.startswith('1.24'), numpy.__version__"
 	$(COMPAT_VENV)/bin/python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-ota: setup ## the OTA proofs with their counts: power-cut matrix, tampered bundles, end to end
+	$(PY) -m pytest -q -s tests/ota/test_powercut.py tests/ota/test_tampered.py tests/ota/test_e2e.py tests/ota/test_pull.py
 
 bench: setup ## print throughput, start-up and memory figures (key: value lines)
 	$(PY) tests/bench/bench_pipeline.py

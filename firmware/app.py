@@ -28,6 +28,7 @@ from .http.auth import Token, load_token
 from .inference import Detector, create_detector
 from .inference.pose import PoseEstimator, create_pose_estimator
 from .models import load_manifest
+from .ota_agent import RESTART_EXIT_CODE, OtaAgent
 from .pipeline import Pipeline
 from .privacy.audit import AuditLog
 from .privacy.schedule import ClosedSchedule
@@ -90,6 +91,12 @@ class Service:
         self._retention_task: asyncio.Task[None] | None = None
         self._optout_lock = asyncio.Lock()
         self._background: set[asyncio.Task[Any]] = set()
+        # lifecycle: serve() stops when stop_event is set and exits with exit_code
+        self.stop_event = asyncio.Event()
+        self.exit_code = 0
+        self.api_url: str | None = None
+        self.ota = OtaAgent(loaded, board_kind=cfg.board.kind, request_restart=self.request_restart)
+        self._trial_task: asyncio.Task[None] | None = None
 
     def uptime(self) -> float:
         return self.now() - self.started
@@ -100,13 +107,22 @@ class Service:
         loop = asyncio.get_running_loop()
         self.signage = Signage(self.config.privacy.optout, loop, self._button_pressed, self._button_held)
 
+    def request_restart(self) -> None:
+        """Stop serving and exit with RESTART_EXIT_CODE so the supervisor starts us again (into a
+        freshly installed trial slot, or back to the committed one)."""
+        self.exit_code = RESTART_EXIT_CODE
+        self.stop_event.set()
+
     async def start(self) -> None:
+        self._trial_task = asyncio.create_task(
+            self.ota.watch_trial(lambda: self.health()[0] and self.pipeline.stats.frames_processed > 0,
+                                 lambda: self.api_url), name="cuecam-ota-trial")
         self._task = asyncio.create_task(self.pipeline.run(), name="cuecam-pipeline")
         self._retention_task = asyncio.create_task(self._retention(), name="cuecam-retention")
 
     async def stop(self) -> None:
         """Stop the pipeline, close the camera, join the worker threads. Never raises."""
-        for t in (self._task, self._retention_task, self._resume_task, *self._background):
+        for t in (self._task, self._retention_task, self._resume_task, self._trial_task, *self._background):
             if t is not None:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -248,6 +264,7 @@ class Service:
                 "models_ms": {"p50": _r(k50), "p99": _r(k99)},
                 "zones": [{"name": z.name, "kind": z.kind} for z in self.config.zones],
             },
+            "ota": self.ota.status(),
             "privacy": {
                 "paused": self.paused_until is not None,
                 "paused_remaining_s": _r(self.paused_remaining()),
@@ -312,7 +329,7 @@ async def serve(loaded: LoadedConfig, *, port: int | None = None, ready: Callabl
     """Run the device until SIGINT/SIGTERM. Returns the process exit code."""
     cfg = loaded.config
     svc, token = await build_service(loaded)
-    stop = asyncio.Event()
+    stop = svc.stop_event
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -325,6 +342,8 @@ async def serve(loaded: LoadedConfig, *, port: int | None = None, ready: Callabl
         addrs = runner.addresses
         host, bound_port = addrs[0][0], addrs[0][1]
         url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}"
+        loopback = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else url.split("//")[1].rsplit(":", 1)[0])
+        svc.api_url = f"http://{loopback}:{bound_port}"
         log.info("cuecam %s on board %s (%s), model %s via %s", __version__, cfg.board.name, cfg.board.kind,
                  svc.detector_name, svc.detector.runner.runtime)
         hint = "generated at first run" if token.generated else "from"
@@ -339,7 +358,7 @@ async def serve(loaded: LoadedConfig, *, port: int | None = None, ready: Callabl
         with contextlib.suppress(Exception):
             await runner.cleanup()
         await svc.stop()  # idempotent; covers a failure before the app started the pipeline
-    return 0
+    return svc.exit_code
 
 
 def run(loaded: LoadedConfig, *, port: int | None = None) -> int:

@@ -259,6 +259,17 @@ class PrivacyConfig(_Strict):
         return v
 
 
+class OtaConfig(_Strict):
+    """Signed A/B updates (see docs/ota.md)."""
+
+    root: str = Field(default="/var/lib/cuecam/ota", min_length=1, max_length=4096)  # slots, state, staging
+    # ed25519 public keys (64 hex characters) allowed to sign bundles; empty: updates refused.
+    trusted_keys: Annotated[list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]], Field(max_length=8)] = []
+    max_bundle_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=2 * 1024 * 1024 * 1024)
+    health_timeout_s: float = Field(default=60.0, ge=5, le=900)  # a trial must be healthy within this
+    max_boot_attempts: int = Field(default=3, ge=1, le=10)
+
+
 class Config(_Strict):
     version: Literal[1]
     board: BoardConfig
@@ -271,6 +282,7 @@ class Config(_Strict):
     tracking: TrackingConfig = TrackingConfig()
     signals: SignalsConfig = SignalsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    ota: OtaConfig = OtaConfig()
 
     @model_validator(mode="after")
     def _unique_zones(self) -> Config:

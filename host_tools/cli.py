@@ -93,9 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     sign.add_argument("--config", type=Path, required=True, help="the board config (e.g. board_configs/rpi5.yaml)")
     sign.add_argument("--out", type=Path, required=True, help="output file (.html or .svg)")
     sign.add_argument("--format", choices=("html", "svg"), help="default: svg for a .svg --out, else html")
+    from . import ota_cli
+
+    ota_cli.add_parser(sub)
     args = ap.parse_args(argv)
     if args.group == "sign":
         return _sign(args)
+    if args.group == "ota":
+        return ota_cli.run(args)
     path = {"health": "/health", "status": "/v1/status", "vectors": "/v1/vectors", "aggregates": "/v1/aggregates"}[args.cmd]
     query: dict[str, Any] = {}
     if args.cmd == "vectors":

@@ -1,1 +1,6 @@
-"""Signed OTA bundles, A/B slots and rollback for cuecam boards (built in the OTA issue)."""
+"""Over-the-air updates for cuecam boards.
+
+``ota.bundle`` builds signed bundles and verifies them into a staging directory; ``ota.corpus``
+derives tampered bundles from a good one for tests; ``ota.slots`` keeps the A/B slots, trial boots
+and rollback.
+"""

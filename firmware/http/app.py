@@ -109,7 +109,8 @@ async def health(request: web.Request) -> web.Response:
     remaining = svc.paused_remaining()
     body = {"status": ("paused" if remaining is not None else "ok") if ok else "degraded", "reason": reason,
             "uptime_s": round(svc.uptime(), 3),
-            "paused": None if remaining is None else {"remaining_s": round(remaining, 3)}}
+            "paused": None if remaining is None else {"remaining_s": round(remaining, 3)},
+            "ota": {"version": svc.ota.version, "state": svc.ota.state, "trial": svc.ota.trial}}
     return json_response(body, status=200 if ok else 503)
 
 
@@ -148,6 +149,51 @@ async def aggregates_handler(request: web.Request) -> web.Response:
     return json_response({"schema": SCHEMA, "window_s": q["window"], "until": round(now, 3),
                           "k_anonymity": svc.config.privacy.k_anonymity,
                           "zones": aggregates(recs, zones, svc.config.privacy.k_anonymity)})
+
+
+async def ota_upload(request: web.Request) -> web.Response:
+    """Receive a signed bundle (the request body), verify, install as the trial slot, restart."""
+    from ..ota_agent import CHUNK, OtaRefused
+
+    svc = request.app[SERVICE]
+    parse_query(request, ())
+    try:
+        result = await svc.ota.receive(request.content_length, request.content.iter_chunked(CHUNK))
+    except OtaRefused as e:
+        raise _http_error(e.status, str(e)) from e
+    return json_response(result, status=202)
+
+
+async def ota_pull(request: web.Request) -> web.Response:
+    """Download a signed bundle from a URL (the gateway), resuming with Range, then install it."""
+    from ..ota_agent import OtaRefused
+
+    parse_query(request, ())
+    try:
+        request.app[SERVICE].ota.precheck()  # no keys, or busy: refuse before reading the body
+    except OtaRefused as e:
+        raise _http_error(e.status, str(e)) from e
+    try:
+        body = await request.json(loads=orjson.loads)
+    except ValueError as e:
+        raise web.HTTPBadRequest(reason='body must be JSON: {"url": "http://gateway/cuecam-0.2.0.bundle"}') from e
+    url = body.get("url") if isinstance(body, dict) else None
+    if not isinstance(url, str):
+        raise web.HTTPBadRequest(reason='body must be JSON: {"url": "http://gateway/cuecam-0.2.0.bundle"}')
+    try:
+        result = await request.app[SERVICE].ota.pull(url)
+    except OtaRefused as e:
+        raise _http_error(e.status, str(e)) from e
+    return json_response(result, status=202)
+
+
+def _http_error(status: int, message: str) -> web.HTTPException:
+    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 409: web.HTTPConflict, 411: web.HTTPLengthRequired,
+           413: web.HTTPRequestEntityTooLarge, 422: web.HTTPUnprocessableEntity, 502: web.HTTPBadGateway}.get(
+               status, web.HTTPInternalServerError)
+    if cls is web.HTTPRequestEntityTooLarge:
+        return web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, reason=message[:500])
+    return cls(reason=message[:500].replace("\n", " "))
 
 
 async def optout(request: web.Request) -> web.Response:
@@ -275,6 +321,8 @@ _HEALTH_SCHEMA = {
         "uptime_s": {"type": "number"},
         "paused": {"type": ["object", "null"], "description": "Set while an opt-out pause runs.",
                    "properties": {"remaining_s": {"type": "number"}}},
+        "ota": {"type": "object", "description": "Running version and update state (idle, receiving, verifying, "
+                "installing, installed, trial, committed, failed)."},
     },
 }
 _OPTOUT_SCHEMA = {
@@ -301,6 +349,11 @@ ROUTES: tuple[Route, ...] = (
           response=PRIVACY_SCHEMA),
     Route("GET", "/v1/audit", audit, "The opt-out audit log: privacy events with counts, oldest first.",
           params=AUDIT_PARAMS, response=AUDIT_SCHEMA),
+    Route("POST", "/v1/ota", ota_upload, "Upload a signed update bundle (body, Content-Length required); "
+          "verified before anything is unpacked, installed into the inactive slot, then the board restarts into it.",
+          response={"type": "object"}),
+    Route("POST", "/v1/ota/pull", ota_pull, "Download a signed update bundle from {\"url\": ...} (resuming with Range), "
+          "verify, install into the inactive slot, restart into it.", response={"type": "object"}),
     Route("POST", "/v1/optout", optout, "Opt out: pause measuring and purge what the board holds, as the button does.",
           response=_OPTOUT_SCHEMA),
     Route("POST", "/v1/sim/button", sim_button, "Sim board only: press the mock opt-out button.",

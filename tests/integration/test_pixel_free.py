@@ -94,7 +94,8 @@ async def test_no_route_serves_anything_pixel_like(models_dir, vtest, tmp_path):
                 variants.append(f"{route.path}?limit=1000")
             for path in variants:
                 status = await _check(c, route.method, path, route, problems)
-                assert status == 200, (route.method, path, status)
+                # the update routes refuse an empty request (no trusted keys / no body): a JSON error, checked too
+                assert status == 200 or (route.path.startswith("/v1/ota") and 400 <= status < 500), (route.method, path, status)
             visited.add((route.method, route.path))
             if route.path == "/v1/vectors":  # the crawl saw real vectors, the most the API gives at once
                 body = await (await c.get("/v1/vectors?limit=1000", headers=AUTH)).json()
