@@ -45,7 +45,6 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,7 +57,7 @@ from packaging.version import InvalidVersion, Version
 
 from firmware.config import BoardKind
 from firmware.errors import CuecamError
-from firmware.fsutil import atomic_write_bytes, fsync_dir
+from firmware.fsutil import atomic_write_bytes, atomic_writer
 
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -495,33 +494,23 @@ def build_bundle(
         ti.uname = ti.gname = ""
         return ti
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
-                for name, data in ((MANIFEST_NAME, manifest_bytes), (SIGNATURE_NAME, signature)):
-                    tf.addfile(info(name, len(data)), _BytesReader(data))
-                for entry in entries:
-                    with Path(files[entry.path]).open("rb") as src:
-                        reader = _HashingReader(src)
-                        try:
-                            tf.addfile(info(PAYLOAD_PREFIX + entry.path, entry.size), reader)
-                        except OSError as e:
-                            _fail("source-changed", f"{files[entry.path]} shrank while being read ({e})")
-                        if reader.count != entry.size or reader.sha256.hexdigest() != entry.sha256:
-                            _fail("source-changed", f"{files[entry.path]} changed while being read")
-            f.flush()
-            size = f.tell()
-            if size > caps.max_bundle_bytes:
-                _fail("too-large", f"the bundle would be {size} bytes, more than {caps.max_bundle_bytes}")
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(out, mode=0o644) as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for name, data in ((MANIFEST_NAME, manifest_bytes), (SIGNATURE_NAME, signature)):
+                tf.addfile(info(name, len(data)), _BytesReader(data))
+            for entry in entries:
+                with Path(files[entry.path]).open("rb") as src:
+                    reader = _HashingReader(src)
+                    try:
+                        tf.addfile(info(PAYLOAD_PREFIX + entry.path, entry.size), reader)
+                    except OSError as e:
+                        _fail("source-changed", f"{files[entry.path]} shrank while being read ({e})")
+                    if reader.count != entry.size or reader.sha256.hexdigest() != entry.sha256:
+                        _fail("source-changed", f"{files[entry.path]} changed while being read")
+        f.flush()
+        size = f.tell()
+        if size > caps.max_bundle_bytes:
+            _fail("too-large", f"the bundle would be {size} bytes, more than {caps.max_bundle_bytes}")
     return out
 
 
