@@ -4,6 +4,9 @@
     cuecam device status     --url URL [--token-file FILE]
     cuecam device vectors    --url URL [--since N] [--limit N] [--zone NAME]
     cuecam device aggregates --url URL [--window S]
+    cuecam device optout     --url URL              # what the signage button does
+    cuecam device press      --url URL [--hold-ms N] # sim board: press the mock button
+    cuecam device audit      --url URL
     cuecam sign --config board_configs/sim.yaml --out sign.html [--format html|svg]
 
 The token comes from --token-file, else $CUECAM_API_TOKEN. Output is JSON. ``sign`` writes the
@@ -31,8 +34,9 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get("CUECAM_API_TOKEN")
 
 
-def _get(url: str, token: str | None, timeout: float) -> tuple[int, Any]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+def _get(url: str, token: str | None, timeout: float, method: str = "GET") -> tuple[int, Any]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {}, method=method,
+                                 data=b"" if method == "POST" else None)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read(MAX_RESPONSE))
@@ -78,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     dsub = dev.add_subparsers(dest="cmd", required=True)
     for name, help_ in (("health", "liveness (no token needed)"), ("status", "board, model, fps, latency, drops"),
                         ("vectors", "sentiment vectors after a cursor"),
-                        ("aggregates", "per-zone counts and signal means over the last window")):
+                        ("aggregates", "per-zone counts and signal means over the last window"),
+                        ("optout", "opt out as the signage button does: pause measuring and purge (POST /v1/optout)"),
+                        ("press", "sim board: press the mock opt-out button (POST /v1/sim/button)"),
+                        ("audit", "the opt-out audit log")):
         p = dsub.add_parser(name, help=help_)
         p.add_argument("--url", default=os.environ.get("CUECAM_URL", "http://127.0.0.1:8080"))
         p.add_argument("--token-file", help="file holding the device's API token (default: $CUECAM_API_TOKEN)")
@@ -89,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--zone", help="only vectors of this zone")
         if name == "aggregates":
             p.add_argument("--window", type=int, default=60, help="seconds (1-3600)")
+        if name == "press":
+            p.add_argument("--hold-ms", type=int, default=100, help="hold the button this long (a long press resumes)")
     sign = sub.add_parser("sign", help="write the store's printable A5 privacy sign from a board config")
     sign.add_argument("--config", type=Path, required=True, help="the board config (e.g. board_configs/rpi5.yaml)")
     sign.add_argument("--out", type=Path, required=True, help="output file (.html or .svg)")
@@ -101,16 +110,20 @@ def main(argv: list[str] | None = None) -> int:
         return _sign(args)
     if args.group == "ota":
         return ota_cli.run(args)
-    path = {"health": "/health", "status": "/v1/status", "vectors": "/v1/vectors", "aggregates": "/v1/aggregates"}[args.cmd]
+    path = {"health": "/health", "status": "/v1/status", "vectors": "/v1/vectors", "aggregates": "/v1/aggregates",
+            "optout": "/v1/optout", "press": "/v1/sim/button", "audit": "/v1/audit"}[args.cmd]
     query: dict[str, Any] = {}
     if args.cmd == "vectors":
         query = {"since": args.since, "limit": args.limit} | ({"zone": args.zone} if args.zone else {})
     elif args.cmd == "aggregates":
         query = {"window": args.window}
+    elif args.cmd == "press":
+        query = {"hold_ms": args.hold_ms}
     if query:
         path += "?" + urllib.parse.urlencode(query)
     try:
-        code, body = _get(args.url.rstrip("/") + path, _token(args), args.timeout)
+        code, body = _get(args.url.rstrip("/") + path, _token(args), args.timeout,
+                          "POST" if args.cmd in ("optout", "press") else "GET")
     except (OSError, ValueError) as e:
         print(f"error: cannot reach {args.url}: {e}", file=sys.stderr)
         return 1

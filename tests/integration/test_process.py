@@ -212,6 +212,17 @@ def test_cli_device_commands_talk_to_a_running_board(models_dir, vtest):
         p = subprocess.run([*cli, "vectors", "--url", url, "--limit", "1"], cwd=ROOT, capture_output=True,
                            text=True, timeout=20, env={k: v for k, v in _env().items() if k != "CUECAM_API_TOKEN"})
         assert p.returncode == 1 and json.loads(p.stdout)["error"]["status"] == 401
+        # the privacy officer presses the (mock) button on the sim board from the host tool
+        p = subprocess.run([*cli, "press", "--url", url], cwd=ROOT, capture_output=True, text=True, timeout=20, env=_env())
+        assert p.returncode == 0 and json.loads(p.stdout)["paused"] is True, p.stdout
+        p = subprocess.run([*cli, "health", "--url", url], cwd=ROOT, capture_output=True, text=True, timeout=20)
+        assert json.loads(p.stdout)["status"] == "paused"
+        p = subprocess.run([*cli, "vectors", "--url", url], cwd=ROOT, capture_output=True, text=True, timeout=20, env=_env())
+        assert json.loads(p.stdout)["vectors"] == []
+        p = subprocess.run([*cli, "optout", "--url", url], cwd=ROOT, capture_output=True, text=True, timeout=20, env=_env())
+        assert p.returncode == 0 and json.loads(p.stdout)["source"] == "api"
+        p = subprocess.run([*cli, "audit", "--url", url], cwd=ROOT, capture_output=True, text=True, timeout=20, env=_env())
+        assert [(e["event"], e["source"]) for e in json.loads(p.stdout)["entries"][-2:]] == [("optout", "button"), ("optout", "api")]
     finally:
         _stop(proc)
 
