@@ -59,6 +59,8 @@ from firmware.config import BoardKind
 from firmware.errors import CuecamError
 from firmware.fsutil import atomic_write_bytes, atomic_writer
 
+from .slots import OtaError, parse_version
+
 FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -308,8 +310,14 @@ def check_relpath(path: object, caps: Caps = DEFAULT_CAPS, *, what: str = "path"
 
 
 def _canonical_version(value: object, what: str, reason: str) -> Version:
+    """A version the slot store can hold too: dotted decimal, 1 to 4 parts (ota.slots.parse_version),
+    compared as PEP 440 versions."""
     if not isinstance(value, str):
         _fail(reason, f"{what} {value!r} is not a string")
+    try:
+        parse_version(value)
+    except OtaError:
+        _fail(reason, f"{what} {value!r} is not dotted decimal like 1.2.3 (1 to 4 numbers)")
     try:
         parsed = Version(value)
     except InvalidVersion:

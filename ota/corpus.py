@@ -23,6 +23,7 @@ import io
 import json
 import lzma
 import random
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,8 @@ def _policy_reason(
     version: str, min_version: str, boards: list[str], *, board_kind: str, installed: str, floor: str | None
 ) -> str | None:
     """What a board with this installed/floor version says to an otherwise valid bundle (None: accepts)."""
+    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,9}){0,3}", version):
+        return "bad-manifest"  # pre-releases and the like: the slot store holds dotted decimal versions only
     v = Version(version)
     if board_kind not in boards:
         return "wrong-board"
