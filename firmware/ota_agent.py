@@ -162,8 +162,12 @@ class OtaAgent:
                 self._failed(str(e))
                 raise
             except Exception as e:  # BundleError, OtaError, OSError, network: refuse with the reason, keep running
+                import aiohttp
+
+                from ota.bundle import BundleError
+
                 self._failed(str(e) or type(e).__name__)
-                status = 422 if type(e).__name__ == "BundleError" else (502 if "aiohttp" in type(e).__module__ else 500)
+                status = 422 if isinstance(e, BundleError) else (502 if isinstance(e, aiohttp.ClientError) else 500)
                 raise OtaRefused(status, str(e) or type(e).__name__) from e
             finally:
                 await asyncio.to_thread(shutil.rmtree, staging, True)
