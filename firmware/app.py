@@ -245,7 +245,7 @@ class Service:
                       "delegate": self.config.inference.delegate, "threads": self.config.inference.threads,
                       "input": list(runner.input_shape)},
             "fps": round(st.fps(now), 2),
-            "inference_ms": {"p50": None if p50 is None else round(p50, 2), "p99": None if p99 is None else round(p99, 2)},
+            "inference_ms": {"p50": _r(p50), "p99": _r(p99)},
             "frames": {"captured": st.frames_captured, "processed": st.frames_processed,
                        "dropped": st.frames_dropped, "inference_errors": st.inference_errors},
             "uptime_s": round(now - self.started, 3),
