@@ -186,6 +186,11 @@ class SignalsConfig(_Strict):
     pose_budget: int = Field(default=2, ge=0, le=16)  # pose invokes per frame, rotating through people
     pose_min_box_px: float = Field(default=80.0, ge=0, le=4096)
 
+    @field_validator("pose", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
+
 
 HHMM = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 

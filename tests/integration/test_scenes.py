@@ -95,3 +95,16 @@ def test_signals_stay_in_range(runs, name):
         for c in (v.engagement_conf, v.approach_conf, v.satisfaction_conf):
             assert 0.0 <= c <= 1.0
         assert len(v.token) == 32 and v.t_end - v.t_start == pytest.approx(2.0)
+
+
+def test_without_pose_orientation_falls_back_and_confidence_drops(runs):
+    """signals.pose: off (weak boards): no pose model runs; a person standing still has no
+    heading, so engagement during the stop is computed with an unknown orientation and a lower
+    confidence than with pose."""
+    run = run_scene("stop_and_face", {"signals": {"pose": "off"}})
+    _, vs = _main_track(run, 0)
+    stop = _during(run, vs, 6, 13)
+    with_pose = _during(runs["stop_and_face"], _main_track(runs["stop_and_face"], 0)[1], 6, 13)
+    assert stop and all(v.engagement is not None and 0.2 < v.engagement < 0.8 for v in stop)
+    assert max(v.engagement_conf for v in stop) < min(v.engagement_conf for v in with_pose)
+    assert max(v.approach for v in _during(run, vs, 0, 5) if v.approach is not None) > 0.3  # motion still works
