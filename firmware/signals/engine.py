@@ -68,6 +68,8 @@ class TrackState:
     window_capped: int = 0
     ended_stays: list[tuple[Zone, float, str]] = field(default_factory=list)  # (zone, dwell, exit) this window
     veer_t: float = -math.inf  # last time a veer away from an attraction was seen
+    motion_key: tuple[float, int, float | None] | None = None  # cache of SignalEngine._motion
+    motion: tuple[np.ndarray, float] | None = None
     bh: float = 0.0  # cached median box height (see SignalEngine._bh)
     bh_n: int = -1
     bh_t: float = -math.inf
@@ -331,12 +333,19 @@ class SignalEngine:
         return out
 
     def _motion(self, st: TrackState, t: float) -> tuple[np.ndarray, float]:
-        """Velocity (units/s, image-aligned axes) over the last max(1 s, window) and its speed."""
+        """Velocity (units/s, image-aligned axes) over the last max(1 s, window) and its speed
+        (computed once per track per frame: stays, headings and vectors all ask for it)."""
+        key = (t, len(st.samples), st.samples[-1].t if st.samples else None)
+        if st.motion_key == key and st.motion is not None:
+            return st.motion
         recent = self._recent(st, t, max(1.0, self.window_s))
         if len(recent) < 3 or recent[-1].t - recent[0].t < 0.5:
-            return np.zeros(2), 0.0
-        v = self._velocity(recent, self._bh(st))
-        return v, float(np.hypot(*v))
+            out = (np.zeros(2), 0.0)
+        else:
+            v = self._velocity(recent, self._bh(st))
+            out = (v, float(np.hypot(*v)))
+        st.motion_key, st.motion = key, out
+        return out
 
     def _orientation(self, st: TrackState, t: float, zone: Zone) -> tuple[float, float, int] | None:
         """(Ō, confidence, orientation class) toward the zone's focus, or None when unknown.
