@@ -9,6 +9,7 @@ field from named record fields (an allow-list): nothing that is not listed here 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -151,39 +152,42 @@ async def aggregates_handler(request: web.Request) -> web.Response:
                           "zones": aggregates(recs, zones, svc.config.privacy.k_anonymity)})
 
 
+@contextlib.contextmanager
+def _ota_refusals() -> Iterator[None]:
+    """An update the board refuses (OtaRefused) becomes the JSON error with its status."""
+    from ..ota_agent import OtaRefused
+
+    try:
+        yield
+    except OtaRefused as e:
+        raise _http_error(e.status, str(e)) from e
+
+
 async def ota_upload(request: web.Request) -> web.Response:
     """Receive a signed bundle (the request body), verify, install as the trial slot, restart."""
-    from ..ota_agent import CHUNK, OtaRefused
+    from ..ota_agent import CHUNK
 
     svc = request.app[SERVICE]
     parse_query(request, ())
-    try:
+    with _ota_refusals():
         result = await svc.ota.receive(request.content_length, request.content.iter_chunked(CHUNK))
-    except OtaRefused as e:
-        raise _http_error(e.status, str(e)) from e
     return json_response(result, status=202)
 
 
 async def ota_pull(request: web.Request) -> web.Response:
     """Download a signed bundle from a URL (the gateway), resuming with Range, then install it."""
-    from ..ota_agent import OtaRefused
-
     parse_query(request, ())
-    try:
+    with _ota_refusals():
         request.app[SERVICE].ota.precheck()  # no keys, or busy: refuse before reading the body
-    except OtaRefused as e:
-        raise _http_error(e.status, str(e)) from e
     try:
         body = await request.json(loads=orjson.loads)
-    except ValueError as e:
-        raise web.HTTPBadRequest(reason='body must be JSON: {"url": "http://gateway/cuecam-0.2.0.bundle"}') from e
+    except ValueError:
+        body = None
     url = body.get("url") if isinstance(body, dict) else None
     if not isinstance(url, str):
         raise web.HTTPBadRequest(reason='body must be JSON: {"url": "http://gateway/cuecam-0.2.0.bundle"}')
-    try:
+    with _ota_refusals():
         result = await request.app[SERVICE].ota.pull(url)
-    except OtaRefused as e:
-        raise _http_error(e.status, str(e)) from e
     return json_response(result, status=202)
 
 
