@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import sys
 import time
@@ -66,6 +67,9 @@ class Service:
         self.pose = pose
         self.zone_names = [z.name for z in cfg.zones]
         self.vectors = RingBuffer(VECTOR_DTYPE, cfg.buffer.capacity)
+        # Random per process start: vector seq numbers restart with the RAM buffer, and readers
+        # (the gateway) tell a restart from a cursor by this. It says nothing about anyone.
+        self.boot_id = secrets.token_hex(8)
         self.audit = AuditLog(loaded.resolve(cfg.privacy.audit_log), cfg.privacy.audit_max_bytes)
         self.analyzer = FrameAnalyzer(cfg, detector, pose)
         self.pipeline = Pipeline(
@@ -239,6 +243,7 @@ class Service:
         return {
             "version": __version__,
             "board": {"name": self.config.board.name, "kind": self.config.board.kind},
+            "boot_id": self.boot_id,
             "camera": {"type": cam.type, "source": self.pipeline.camera.description, "state": st.state,
                        "error": st.error, "restarts": st.camera_restarts},
             "model": {"name": self.detector_name, "file": runner.model.path.name, "runtime": runner.runtime,

@@ -134,6 +134,7 @@ async def vectors(request: web.Request) -> web.Response:
     sl = svc.vectors.since(q["since"], q["limit"], None if zone is None else (lambda r: r["zone"] == zone))
     return json_response({
         "schema": SCHEMA,
+        "boot_id": svc.boot_id,
         "cursor": sl.cursor,
         "lost": sl.lost,
         "more": sl.more,

@@ -183,9 +183,12 @@ VECTOR_SCHEMA: dict[str, Any] = {
 VECTORS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["schema", "cursor", "lost", "more", "vectors"],
+    "required": ["schema", "boot_id", "cursor", "lost", "more", "vectors"],
     "properties": {
         "schema": {"type": "integer", "const": SCHEMA},
+        "boot_id": {"type": "string", "pattern": "^[0-9a-f]{16}$",
+                    "description": "Random per start of the firmware: when it changes, seq numbering restarted "
+                                   "(the buffer is RAM only), so a reader starts again from since=0."},
         "cursor": {"type": "integer", "description": "Pass back as `since` to continue."},
         "lost": {"type": "integer", "description": "Vectors after `since` already expired or overwritten."},
         "more": {"type": "boolean"},
