@@ -7,7 +7,9 @@
     cuecam device optout     --url URL              # what the signage button does
     cuecam device press      --url URL [--hold-ms N] # sim board: press the mock button
     cuecam device audit      --url URL
+    cuecam device tail       --url URL [--since N]  # follow vectors as they come (JSON lines)
     cuecam sign --config board_configs/sim.yaml --out sign.html [--format html|svg]
+    cuecam gateway run|check|bench, cuecam sim-store, cuecam bench   (see host_tools/gateway_cli.py)
 
 The token comes from --token-file, else $CUECAM_API_TOKEN. Output is JSON. ``sign`` writes the
 store's printable A5 privacy sign from a board config (what GET /v1/privacy serves).
@@ -80,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="group", required=True)
     dev = sub.add_parser("device", help="query one camera board's API")
     dsub = dev.add_subparsers(dest="cmd", required=True)
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=os.environ.get("CUECAM_URL", "http://127.0.0.1:8080"))
+        p.add_argument("--token-file", help="file holding the device's API token (default: $CUECAM_API_TOKEN)")
+        p.add_argument("--timeout", type=float, default=5.0)
+
     for name, help_ in (("health", "liveness (no token needed)"), ("status", "board, model, fps, latency, drops"),
                         ("vectors", "sentiment vectors after a cursor"),
                         ("aggregates", "per-zone counts and signal means over the last window"),
@@ -87,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("press", "sim board: press the mock opt-out button (POST /v1/sim/button)"),
                         ("audit", "the opt-out audit log")):
         p = dsub.add_parser(name, help=help_)
-        p.add_argument("--url", default=os.environ.get("CUECAM_URL", "http://127.0.0.1:8080"))
-        p.add_argument("--token-file", help="file holding the device's API token (default: $CUECAM_API_TOKEN)")
-        p.add_argument("--timeout", type=float, default=5.0)
+        common(p)
         if name == "vectors":
             p.add_argument("--since", type=int, default=0)
             p.add_argument("--limit", type=int, default=100)
@@ -102,14 +107,22 @@ def main(argv: list[str] | None = None) -> int:
     sign.add_argument("--config", type=Path, required=True, help="the board config (e.g. board_configs/rpi5.yaml)")
     sign.add_argument("--out", type=Path, required=True, help="output file (.html or .svg)")
     sign.add_argument("--format", choices=("html", "svg"), help="default: svg for a .svg --out, else html")
-    from . import ota_cli
+    from . import gateway_cli, ota_cli
 
     ota_cli.add_parser(sub)
+    gateway_cli.add_parsers(sub, dsub, common)
     args = ap.parse_args(argv)
     if args.group == "sign":
         return _sign(args)
     if args.group == "ota":
         return ota_cli.run(args)
+    if args.group in ("gateway", "sim-store", "bench") or args.cmd == "tail":
+        try:
+            token = _token(args) if hasattr(args, "token_file") else None
+        except OSError as e:
+            print(f"error: cannot read the token file: {e}", file=sys.stderr)
+            return 2
+        return gateway_cli.run(args, token)
     path = {"health": "/health", "status": "/v1/status", "vectors": "/v1/vectors", "aggregates": "/v1/aggregates",
             "optout": "/v1/optout", "press": "/v1/sim/button", "audit": "/v1/audit"}[args.cmd]
     query: dict[str, Any] = {}

@@ -1,0 +1,329 @@
+"""The gateway process: pollers for every board, the store, the decision engine and its outputs,
+and the gateway API (aiohttp) with Prometheus metrics.
+
+    cuecam gateway run --config gateway.yaml
+
+Routes (bearer token when ``gateway.token`` is set; required off loopback):
+    GET /health                      ok / degraded (some device stale) and device counts; no token
+    GET /v1/state?window=S           store state: per-zone sessions and signal means over the last S s,
+                                     traffic, devices, rules fired
+    GET /v1/trend?zone=Z             per-bucket history still held (retention)
+    GET /v1/devices                  each board: state, last poll, boot, cursor, vectors, lost, poll latency
+    GET /v1/decisions?since=&limit=  recent decisions with their explanations and what each output did
+    GET /v1/sessions?limit=          session summaries (a board's random token; never an identity)
+    GET /metrics                     Prometheus text
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from .client import LATENCY_BUCKETS, DevicePoller
+from .config import LoadedGatewayConfig
+from .outputs import LogSink, MqttSink, Output, WebhookSink
+from .rules import Decision, DecisionEngine
+from .store import Rec, Store
+
+log = logging.getLogger("cuecam.gateway")
+TICK_S = 1.0
+
+
+class Gateway:
+    def __init__(self, loaded: LoadedGatewayConfig, *, env: dict[str, str] | None = None,
+                 on_decision: Callable[[Decision], Awaitable[None] | None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        cfg = loaded.config
+        self.loaded = loaded
+        self.cfg = cfg
+        self.clock = clock
+        self.started = time.monotonic()
+        self.store = Store(retention_s=cfg.store.retention_s, bucket_s=cfg.store.bucket_s,
+                           history_days=cfg.store.history_days,
+                           sqlite=loaded.resolve(cfg.store.sqlite) if cfg.store.sqlite else None, clock=clock)
+        self.engine = DecisionEngine(cfg.rules, self.store, kept=cfg.gateway.decisions_kept, clock=clock)
+        self.tokens = {d.name: loaded.secret(d.token, f"devices.{d.name}.token", env) for d in cfg.devices}
+        self.api_token = loaded.secret(cfg.gateway.token, "gateway.token", env) if cfg.gateway.token else None
+        self.outputs: dict[str, Output] = {}
+        if cfg.outputs.log.enabled:
+            self.outputs["log"] = LogSink(cfg.outputs.log)
+        if cfg.outputs.mqtt is not None:
+            m = cfg.outputs.mqtt
+            self.outputs["mqtt"] = MqttSink(m, loaded.secret(m.password, "outputs.mqtt.password", env) if m.password else None)
+        for w in cfg.outputs.webhooks:
+            self.outputs[w.name] = WebhookSink(w, loaded.secret(w.secret, f"outputs.webhooks.{w.name}.secret", env))
+        self.rules = {r.name: r for r in cfg.rules}
+        self.on_decision = on_decision
+        self.pollers: list[DevicePoller] = []
+        self.stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self.ingest_lag: list[float] = []  # window end -> taken by the gateway, seconds (recent)
+        self.actions_total: dict[tuple[str, str], int] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.store.open()
+        for o in self.outputs.values():
+            await o.start()
+        conn = aiohttp.TCPConnector(limit=0, limit_per_host=2, keepalive_timeout=30)
+        self._session = aiohttp.ClientSession(connector=conn)
+        for d in self.cfg.devices:
+            p = DevicePoller(d.name, d.url, self.tokens[d.name], self.cfg.polling, self.store, self._on_vectors,
+                             self._session, clock_offset_s=d.clock_offset_s, wall=self.clock)
+            self.pollers.append(p)
+            self._tasks.append(asyncio.create_task(p.run(self.stop_event), name=f"poll-{d.name}"))
+        self._tasks.append(asyncio.create_task(self._ticker(), name="gateway-tick"))
+        mqtt = self.outputs.get("mqtt")
+        if isinstance(mqtt, MqttSink) and mqtt.cfg.publish_state_s > 0:
+            self._tasks.append(asyncio.create_task(self._publish_state(mqtt), name="gateway-mqtt-state"))
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        for o in self.outputs.values():
+            await o.stop()
+        if self._session is not None:
+            await self._session.close()
+        await self.store.close()
+
+    # -- the flow ------------------------------------------------------------------------------
+    async def _on_vectors(self, recs: list[Rec]) -> None:
+        now = self.clock()
+        self.ingest_lag = (self.ingest_lag + [now - r.t1 for r in recs])[-2000:]
+        for d in self.engine.on_vectors(recs):
+            await self._act(d)
+
+    async def _ticker(self) -> None:
+        last_purge = 0.0
+        while not self.stop_event.is_set():
+            for d in self.engine.tick():
+                await self._act(d)
+            if time.monotonic() - last_purge >= self.cfg.store.purge_interval_s:
+                last_purge = time.monotonic()
+                await self.store.purge()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), TICK_S)
+
+    async def _act(self, d: Decision) -> None:
+        rule = self.rules[d.rule]
+        results = await asyncio.gather(*(self.outputs[a.output].deliver(d, a, self.cfg.gateway.name) for a in rule.then))
+        d.actions = list(results)
+        for r in results:
+            key = (r["output"], r["status"])
+            self.actions_total[key] = self.actions_total.get(key, 0) + 1
+        if self.on_decision is not None:
+            res = self.on_decision(d)
+            if asyncio.iscoroutine(res):
+                await res
+
+    async def _publish_state(self, mqtt: MqttSink) -> None:
+        while not self.stop_event.is_set():
+            with contextlib.suppress(Exception):
+                await mqtt.publish(mqtt.topic(f"{self.cfg.gateway.name}/state"), self.state(300), retain=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), mqtt.cfg.publish_state_s)
+
+    # -- views ---------------------------------------------------------------------------------
+    def devices(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [p.state.to_json(now, self.store.cursor(p.name)) for p in self.pollers]
+
+    def state(self, window_s: float) -> dict[str, Any]:
+        devs = self.devices()
+        return {"store": self.cfg.gateway.name, "t": round(self.clock(), 3), "window_s": window_s,
+                "visitors": self.store.visitors(self.clock() - window_s), "zones": self.store.zones_state(window_s),
+                "sessions_held": len(self.store.sessions), "vectors_held": len(self.store.recs),
+                "devices": {s: sum(1 for d in devs if d["state"] == s) for s in ("ok", "stale", "starting", "unauthorized")},
+                "rules_fired": dict(self.engine.fired_total), "decisions": len(self.engine.decisions)}
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        devs = self.devices()
+        bad = [d["name"] for d in devs if d["state"] in ("stale", "unauthorized")]
+        body = {"status": "degraded" if bad else "ok", "reason": f"devices not answering: {', '.join(bad)}" if bad else None,
+                "uptime_s": round(time.monotonic() - self.started, 1), "devices": len(devs)}
+        return not bad, body
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _int_arg(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"{name} must be an integer") from None
+    if not lo <= v <= hi:
+        raise web.HTTPBadRequest(reason=f"{name} must be in {lo}..{hi}")
+    return v
+
+
+async def _health(request: web.Request) -> web.Response:
+    ok, body = request.app[GATEWAY].health()
+    return _json(body, 200 if ok else 503)
+
+
+async def _state(request: web.Request) -> web.Response:
+    return _json(request.app[GATEWAY].state(_int_arg(request, "window", 300, 1, 86400)))
+
+
+async def _trend(request: web.Request) -> web.Response:
+    zone = request.query.get("zone")
+    return _json({"bucket_s": request.app[GATEWAY].store.bucket_s, "buckets": request.app[GATEWAY].store.trend(zone)})
+
+
+async def _devices(request: web.Request) -> web.Response:
+    return _json({"devices": request.app[GATEWAY].devices()})
+
+
+async def _decisions(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    since = _int_arg(request, "since", 0, 0, 2**62)
+    limit = _int_arg(request, "limit", 100, 1, 1000)
+    ds = gw.engine.recent(since, limit)
+    return _json({"decisions": [d.to_json() for d in ds], "cursor": ds[-1].id if ds else since,
+                  "suppressed_by_cooldown": gw.engine.suppressed})
+
+
+async def _sessions(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    limit = _int_arg(request, "limit", 100, 1, 10000)
+    ss = sorted(gw.store.sessions.values(), key=lambda s: s.last, reverse=True)[:limit]
+    return _json({"sessions": [s.summary() for s in ss], "held": len(gw.store.sessions)})
+
+
+class _Collector:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    def collect(self) -> Any:
+        gw = self.gw
+        up = GaugeMetricFamily("cuecam_gateway_device_up", "1 if the board answered its last poll", labels=["device"])
+        vec = CounterMetricFamily("cuecam_gateway_vectors", "Vectors taken from the board", labels=["device"])
+        lost = CounterMetricFamily("cuecam_gateway_vectors_lost", "Vectors the board overwrote before they were polled",
+                                   labels=["device"])
+        errs = CounterMetricFamily("cuecam_gateway_poll_errors", "Failed polls", labels=["device"])
+        restarts = CounterMetricFamily("cuecam_gateway_device_restarts", "Board restarts seen (boot_id changes)",
+                                       labels=["device"])
+        hist = HistogramMetricFamily("cuecam_gateway_poll_seconds", "Poll round trip", labels=["device"])
+        for p in gw.pollers:
+            c = gw.store.cursor(p.name)
+            up.add_metric([p.name], 1.0 if p.state.state == "ok" else 0.0)
+            vec.add_metric([p.name], c.taken)
+            lost.add_metric([p.name], c.lost)
+            errs.add_metric([p.name], p.state.errors)
+            restarts.add_metric([p.name], max(0, c.boots - 1))
+            hist.add_metric([p.name], [(str(b), float(n)) for b, n in zip(LATENCY_BUCKETS, p.hist, strict=False)]
+                            + [("+Inf", float(p.hist[-1]))], p.hist_sum)
+        yield from (up, vec, lost, errs, restarts, hist)
+        sess = GaugeMetricFamily("cuecam_gateway_sessions", "Sessions held (within retention)")
+        sess.add_metric([], len(gw.store.sessions))
+        yield sess
+        fired = CounterMetricFamily("cuecam_gateway_decisions", "Decisions made", labels=["rule"])
+        for name, n in gw.engine.fired_total.items():
+            fired.add_metric([name], n)
+        yield fired
+        acts = CounterMetricFamily("cuecam_gateway_actions", "Actions by output and result", labels=["output", "status"])
+        for (o, s), n in sorted(gw.actions_total.items()):
+            acts.add_metric([o, s], n)
+        yield acts
+        zones = gw.store.zones_state(300)
+        for key, help_ in (("sessions", "Sessions per zone, last 5 min"), ("engagement_mean", "Mean engagement, last 5 min"),
+                           ("dwell_satisfaction_mean", "Mean dwell satisfaction, last 5 min"),
+                           ("approaching_share", "Share of approach windows, last 5 min"),
+                           ("avoiding_share", "Share of avoid windows, last 5 min")):
+            g = GaugeMetricFamily(f"cuecam_gateway_zone_{key}", help_, labels=["zone"])
+            for z, cell in zones.items():
+                if cell[key] is not None:
+                    g.add_metric([z], float(cell[key]))
+            yield g
+        lag = sorted(gw.ingest_lag)
+        g = GaugeMetricFamily("cuecam_gateway_ingest_lag_seconds", "Window end to taken by the gateway, recent p99")
+        if lag:
+            g.add_metric([], lag[min(len(lag) - 1, int(len(lag) * 0.99))])
+        yield g
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    reg = CollectorRegistry()
+    reg.register(_Collector(request.app[GATEWAY]))  # type: ignore[arg-type]
+    return web.Response(body=generate_latest(reg), content_type="text/plain", charset="utf-8")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _json({"error": {"status": e.status, "message": e.reason}}, e.status)
+
+
+def build_gateway_app(gw: Gateway) -> web.Application:
+    @web.middleware
+    async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if gw.api_token is not None and request.path != "/health":
+            got = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {gw.api_token}".encode()):
+                return _json({"error": {"status": 401, "message": "missing or wrong bearer token"}}, 401)
+        return await handler(request)
+
+    app = web.Application(middlewares=[_errors, auth], client_max_size=64 * 1024)
+    app[GATEWAY] = gw
+    app.router.add_get("/health", _health)
+    app.router.add_get("/v1/state", _state)
+    app.router.add_get("/v1/trend", _trend)
+    app.router.add_get("/v1/devices", _devices)
+    app.router.add_get("/v1/decisions", _decisions)
+    app.router.add_get("/v1/sessions", _sessions)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def serve(gw: Gateway, *, ready: Callable[[str], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM or gw.stop_event."""
+    await gw.start()
+    runner = web.AppRunner(build_gateway_app(gw), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, gw.cfg.gateway.host, gw.cfg.gateway.port)
+    try:
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else gw.cfg.gateway.port
+        url = f"http://{gw.cfg.gateway.host}:{port}"
+        log.info("gateway %s: API on %s, polling %d devices", gw.cfg.gateway.name, url, len(gw.cfg.devices))
+        if ready is not None:
+            ready(url)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, gw.stop_event.set)
+        await gw.stop_event.wait()
+    finally:
+        await runner.cleanup()
+        await gw.stop()
