@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 COMPAT_VENV ?= .venv-bookworm
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-stamp
 
-.PHONY: help setup venv models media run test test-all test-compat test-ota bench lint clean
+.PHONY: help setup venv models media mosquitto run demo test test-all test-compat test-ota bench lint clean
 
 help: ## print this help
 	@echo "cuecam make targets:"
@@ -41,10 +41,21 @@ setup: venv models media ## everything the other targets need (idempotent)
 run: setup ## run the sim board: real pipeline on media/vtest.avi, API on 127.0.0.1:8080
 	$(PY) -m firmware --config board_configs/sim.yaml
 
-test: setup ## run the default test suite (real models, real footage, loopback only)
+mosquitto: ## Debian's MQTT broker for the gateway's tests and demo (apt-get when root; tests start their own on loopback)
+	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "mosquitto: installing Debian's package"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null 2>&1 || \
+	  { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }; \
+	else echo "warning: mosquitto is not installed (sudo apt-get install mosquitto); the MQTT tests will be skipped" >&2; fi
+
+demo: setup mosquitto ## a whole store on this machine: 3 sim boards, MQTT broker, webhooks, gateway (Ctrl-C stops)
+	$(PY) -m host_tools.cli sim-store
+
+test: setup mosquitto ## run the default test suite (real models, real footage, real server on loopback)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-all: setup ## the default suite plus slow tests
+test-all: setup mosquitto ## the default suite plus slow tests
 	$(PY) -m pytest -m 'not hw' $(PYTEST_ARGS)
 
 $(COMPAT_STAMP): pyproject.toml tests/bookworm-constraints.txt

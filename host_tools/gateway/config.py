@@ -253,7 +253,7 @@ class LoadedGatewayConfig:
 def parse_gateway_config(text: str, path: Path) -> LoadedGatewayConfig:
     cfg, _lines = parse_strict_yaml(
         text, str(path), GatewayConfig, what="gateway config",
-        empty_hint="see host_tools/gateway/demo.yaml for an example",
+        empty_hint="see host_tools/gateway/example.yaml for an example",
         keys_hint="version, gateway, devices, polling, store, rules, outputs",
     )
     return LoadedGatewayConfig(cfg, path)

@@ -113,7 +113,8 @@ class DecisionEngine:
         if run.fired or run.seconds < w.for_s:
             return None
         run.fired = True
-        inputs = {"device": r.device, "session": r.token, "zone": w.zone, "engaged_s": round(run.seconds, 1),
+        # no session token in a decision: outputs (screens, pagers, brokers) need the where, not the who
+        inputs = {"device": r.device, "zone": w.zone, "engaged_s": round(run.seconds, 1),
                   "engagement_mean": round(float(np.mean(run.values)), 3), "windows": len(run.values),
                   "min_engagement": w.min_engagement, "for_s": w.for_s}
         why = (f"a visitor at {w.zone} (camera {r.device}) engaged {run.seconds:.0f} s with mean engagement "

@@ -139,7 +139,7 @@ class Store:
         cursors, recs, history = await self.db.call(self.db.load, self.clock() - self.retention_s,
                                                     self.clock() - self.history_days * 86400)
         for dev, boot, seq in cursors:
-            self.cursors[dev] = DeviceCursor(boot=boot, seq=seq)
+            self.cursors[dev] = DeviceCursor(boot=boot, seq=seq, boots=1)
         self.history.update(history)
         self._index(recs)
 

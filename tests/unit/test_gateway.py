@@ -190,7 +190,7 @@ async def test_engaged_fires_once_per_session_after_for_s_and_explains():
     ds = await feed(s, e, recs)
     assert len(ds) == 1
     d = ds[0]
-    assert d.inputs["engaged_s"] == 20.0 and d.inputs["session"] == "t1" and d.inputs["device"] == "cam-a"
+    assert d.inputs["engaged_s"] == 20.0 and "session" not in d.inputs and "t1" not in d.explanation and d.inputs["device"] == "cam-a"
     assert "engaged 20 s" in d.explanation and ">= 0.7" in d.explanation and d.rule == "r"
 
 
@@ -323,3 +323,9 @@ def test_webhook_signature_verifies_and_refuses_tampering_and_replays():
     assert not verify_signature("other-key", body, h, now=1_790_000_010)
     assert not verify_signature("s3cret-key", body, h, now=1_790_000_000 + 301)  # replayed later
     assert not verify_signature("s3cret-key", body, {}, now=1_790_000_000)
+
+
+def test_the_shipped_example_config_is_valid():
+    loaded = load_gateway_config(Path(__file__).parents[2] / "host_tools" / "gateway" / "example.yaml")
+    assert [d.name for d in loaded.config.devices] == ["cam-entrance", "cam-display", "cam-aisle-3"]
+    assert loaded.config.store.sqlite and loaded.config.outputs.mqtt is not None

@@ -1,0 +1,168 @@
+"""The gateway API served for real on loopback: state, devices, decisions, sessions, trend,
+Prometheus metrics, the bearer token, JSON errors; and `cuecam gateway check|run` as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from host_tools.gateway.bench import start_gateway_process, write_config
+from host_tools.gateway.config import load_gateway_config
+from host_tools.gateway.service import Gateway, serve
+from host_tools.gateway.simdevice import SimBoard
+
+API_TOKEN = "gateway-api-token-0123456789abcdef"
+
+
+@pytest.fixture
+async def running(tmp_path):
+    boards = [SimBoard(f"sim-{i}", rate=10.0, seed=i) for i in range(2)]
+    for b in boards:
+        await b.start()
+    path = write_config(tmp_path, boards, interval_s=0.2)
+    cfg = yaml.safe_load(path.read_text())
+    (tmp_path / "gw-token").write_text(API_TOKEN)
+    cfg["gateway"]["token"] = {"file": "gw-token"}
+    cfg["outputs"] = {"log": {"enabled": True}}
+    cfg["rules"] = [{"name": "engaged-display", "when": {"kind": "engaged", "zone": "plaza-sign", "min_engagement": 0.0,
+                                                         "for_s": 1}, "then": [{"output": "log"}], "cooldown_s": 3600}]
+    path.write_text(yaml.safe_dump(cfg))
+    gw = Gateway(load_gateway_config(path))
+    urls: list[str] = []
+    task = asyncio.create_task(serve(gw, ready=urls.append))
+    for b in boards:
+        b.start_producing()
+    for _ in range(100):
+        if urls:
+            break
+        await asyncio.sleep(0.05)
+    yield gw, urls[0], boards
+    gw.stop_event.set()
+    await task
+    for b in boards:
+        await b.stop()
+
+
+async def test_gateway_routes_with_token(running):
+    gw, url, boards = running
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with aiohttp.ClientSession(base_url=url) as s:
+        async with s.get("/health") as r:  # no token needed
+            assert r.status in (200, 503)
+        for _ in range(100):
+            if all(gw.store.cursor(b.name).taken >= 15 for b in boards):
+                break
+            await asyncio.sleep(0.1)
+        async with s.get("/v1/state") as r:
+            assert r.status == 401 and (await r.json())["error"]["status"] == 401
+        async with s.get("/v1/state", headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 401
+        async with s.get("/v1/state?window=60", headers=auth) as r:
+            st = await r.json()
+        assert st["devices"]["ok"] == 2 and st["visitors"] > 0 and set(st["zones"]) == {"plaza-sign", "walkway"}
+        assert st["zones"]["plaza-sign"]["sessions"] > 0
+        async with s.get("/v1/devices", headers=auth) as r:
+            devs = (await r.json())["devices"]
+        assert {d["name"] for d in devs} == {"sim-0", "sim-1"} and all(d["vectors"] > 0 for d in devs)
+        async with s.get("/v1/decisions?since=0&limit=10", headers=auth) as r:
+            ds = await r.json()
+        assert ds["decisions"] and ds["decisions"][0]["rule"] == "engaged-display"
+        assert ds["decisions"][0]["explanation"].startswith("engaged-display: ")
+        assert ds["decisions"][0]["actions"] == [{"output": "log", "status": "sent"}]
+        async with s.get(f"/v1/decisions?since={ds['cursor']}", headers=auth) as r:
+            assert all(d["id"] > ds["cursor"] for d in (await r.json())["decisions"])
+        async with s.get("/v1/sessions?limit=5", headers=auth) as r:
+            ss = await r.json()
+        assert len(ss["sessions"]) == 5 and ss["held"] >= 5 and all(x["device"] in ("sim-0", "sim-1") for x in ss["sessions"])
+        async with s.get("/v1/trend", headers=auth) as r:
+            assert (await r.json())["buckets"]
+        for bad in ("/v1/state?window=0", "/v1/state?window=x", "/v1/decisions?limit=100000"):
+            async with s.get(bad, headers=auth) as r:
+                assert r.status == 400 and "error" in await r.json()
+        async with s.get("/nope", headers=auth) as r:
+            assert r.status == 404 and (await r.json())["error"]["status"] == 404
+        async with s.get("/metrics", headers=auth) as r:
+            text = await r.text()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    up = {s.labels["device"]: s.value for s in fams["cuecam_gateway_device_up"].samples}
+    assert up == {"sim-0": 1.0, "sim-1": 1.0}
+    taken = {s.labels["device"]: s.value for s in fams["cuecam_gateway_vectors"].samples if s.name.endswith("_total")}
+    assert all(v >= 15 for v in taken.values())
+    assert any(s.value > 0 for s in fams["cuecam_gateway_poll_seconds"].samples if s.name.endswith("_count"))
+    assert [s.value for s in fams["cuecam_gateway_decisions"].samples if s.name.endswith("_total")] == [1.0]
+
+
+async def test_a_stale_board_makes_the_gateway_degraded(tmp_path):
+    board = SimBoard("gone", rate=5.0)
+    await board.start()
+    path = write_config(tmp_path, [board], interval_s=0.1)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["polling"]["stale_after_s"] = 0.5
+    path.write_text(yaml.safe_dump(cfg))
+    gw = Gateway(load_gateway_config(path))
+    urls: list[str] = []
+    task = asyncio.create_task(serve(gw, ready=urls.append))
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                if gw.store.cursor("gone").boot:
+                    break
+                await asyncio.sleep(0.05)
+            await board.stop()
+            for _ in range(100):
+                async with s.get(urls[0] + "/health") as r:
+                    body = await r.json()
+                if r.status == 503:
+                    break
+                await asyncio.sleep(0.1)
+            assert r.status == 503 and body["status"] == "degraded" and "gone" in body["reason"]
+    finally:
+        gw.stop_event.set()
+        await task
+
+
+def test_gateway_check_and_run_as_commands(tmp_path):
+    boards = [SimBoard("a", 1.0)]
+    for b in boards:
+        b.port = 9  # not started: check does not poll
+    path = write_config(tmp_path, boards)
+    ok = subprocess.run([sys.executable, "-m", "host_tools.cli", "gateway", "check", "--config", str(path), "--json"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["devices"] == ["a"]
+    bad = path.read_text().replace("interval_s: 1.0", "interval_s: 1.0\n  jitter: 3")
+    path.write_text(bad)
+    res = subprocess.run([sys.executable, "-m", "host_tools.cli", "gateway", "check", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and f"{path}:" in res.stderr and "polling.jitter" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "host_tools.cli", "gateway", "run", "--config", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "polling.jitter" in res.stderr
+
+
+async def test_gateway_run_process_serves_and_stops_on_sigterm(tmp_path):
+    board = SimBoard("a", 5.0)
+    await board.start()
+    board.start_producing()
+    try:
+        proc, url = await start_gateway_process(write_config(tmp_path, [board], interval_s=0.2))
+        try:
+            async with aiohttp.ClientSession() as s:
+                for _ in range(100):
+                    async with s.get(url + "/v1/devices") as r:
+                        d = (await r.json())["devices"][0]
+                    if d["vectors"] >= 5:
+                        break
+                    await asyncio.sleep(0.1)
+            assert d["state"] == "ok" and d["vectors"] >= 5
+        finally:
+            proc.terminate()
+            assert proc.wait(15) == 0
+    finally:
+        await board.stop()
