@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 import logging
 import secrets
 import signal
@@ -90,6 +91,9 @@ class Service:
         self.paused_until: float | None = None  # monotonic
         self.optouts = 0
         self.last_optout: dict[str, Any] | None = None
+        # The last purges as readers of /v1/vectors see them (n, purged from, pressed at; wall
+        # clock), so a gateway that already took those vectors forgets them too.
+        self.purges: deque[dict[str, Any]] = deque(maxlen=8)
         self.expired = 0  # vectors purged by retention
         self._resume_task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
@@ -160,7 +164,8 @@ class Service:
             t0 = self.now()
             frames, tracks = await self.pipeline.pause()
             lookback = self.config.privacy.optout.lookback_s
-            vectors = self.vectors.clear() if lookback is None else self.vectors.purge_since(self.wall() - lookback)
+            t_wall = self.wall()
+            vectors = self.vectors.clear() if lookback is None else self.vectors.purge_since(t_wall - lookback)
             pause_s = self.config.privacy.optout.pause_s
             self.paused_until = self.now() + pause_s
             if self._resume_task is not None:
@@ -170,6 +175,8 @@ class Service:
                 self.signage.show(paused=True)
             latency_ms = (self.now() - t0) * 1000.0
             self.optouts += 1
+            self.purges.append({"n": self.optouts, "since": 0.0 if lookback is None else round(t_wall - lookback, 3),
+                                "t": round(t_wall, 3)})
             self.last_optout = {"source": source, "latency_ms": round(latency_ms, 2),
                                 "purged": {"vectors": vectors, "tracks": tracks, "frames": frames}}
         # the log is rewritten and fsynced atomically: off the event loop (its writer takes a lock)

@@ -135,6 +135,7 @@ async def vectors(request: web.Request) -> web.Response:
     return json_response({
         "schema": SCHEMA,
         "boot_id": svc.boot_id,
+        "purges": list(svc.purges),
         "cursor": sl.cursor,
         "lost": sl.lost,
         "more": sl.more,

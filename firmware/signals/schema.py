@@ -183,12 +183,18 @@ VECTOR_SCHEMA: dict[str, Any] = {
 VECTORS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["schema", "boot_id", "cursor", "lost", "more", "vectors"],
+    "required": ["schema", "boot_id", "purges", "cursor", "lost", "more", "vectors"],
     "properties": {
         "schema": {"type": "integer", "const": SCHEMA},
         "boot_id": {"type": "string", "pattern": "^[0-9a-f]{16}$",
                     "description": "Random per start of the firmware: when it changes, seq numbering restarted "
                                    "(the buffer is RAM only), so a reader starts again from since=0."},
+        "purges": {"type": "array", "maxItems": 8,
+                   "description": "The last opt-out purges of this run: n (1, 2, ...), and the wall-clock span "
+                                  "[since, t] whose vectors were purged; a reader forgets its copies of them.",
+                   "items": {"type": "object", "additionalProperties": False, "required": ["n", "since", "t"],
+                             "properties": {"n": {"type": "integer", "minimum": 1}, "since": {"type": "number"},
+                                            "t": {"type": "number"}}}},
         "cursor": {"type": "integer", "description": "Pass back as `since` to continue."},
         "lost": {"type": "integer", "description": "Vectors after `since` already expired or overwritten."},
         "more": {"type": "boolean"},

@@ -52,6 +52,7 @@ class DeviceState:
                 "last_ok_s_ago": None if self.last_ok is None else round(now - self.last_ok, 2),
                 "polls": self.polls, "errors": self.errors, "rejected": self.rejected,
                 "boot_id": cursor.boot, "cursor": cursor.seq, "vectors": cursor.taken, "lost": cursor.lost,
+                "optouts_seen": cursor.purges_seen, "forgotten": cursor.forgotten,
                 "restarts_seen": max(0, cursor.boots - 1),
                 "poll_ms_p50": round(lat[len(lat) // 2], 1) if lat else None,
                 "poll_ms_p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None}
@@ -121,6 +122,8 @@ class DevicePoller:
             if cur.seq != 0:
                 page = await self._page(0)
                 boot = page["boot_id"]
+        self.store.switch_boot(self.name, boot)
+        await self._apply_purges(boot, page.get("purges"))
         now = self.wall()
         recs: list[Rec] = []
         for v in page["vectors"]:
@@ -136,6 +139,28 @@ class DevicePoller:
         if new:
             await self.on_new(new)
         return bool(page.get("more"))
+
+    async def _apply_purges(self, boot: str, purges: Any) -> None:
+        """A shopper pressed the board's opt-out button: what the board purged, the gateway forgets
+        (before it takes the page, so vectors made after the pause are kept)."""
+        if not isinstance(purges, list):
+            raise DeviceProtocolError("the page has no purges list (firmware too old for this gateway?)")
+        cur = self.store.cursor(self.name)
+        seen = cur.purges_seen
+        fresh = [p for p in purges if isinstance(p, dict) and isinstance(p.get("n"), int) and p["n"] > seen]
+        if not fresh:
+            return
+        try:
+            spans = [(float(p["since"]) + self.offset, float(p["t"]) + self.offset) for p in fresh]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DeviceProtocolError(f"bad purges entry: {e}") from e
+        if min(p["n"] for p in fresh) > seen + 1:
+            spans.append((0.0, max(t for _s, t in spans)))  # purges were missed: forget all up to the last
+        n = 0
+        for since, until in spans:
+            n += await self.store.forget(self.name, boot, since, until)
+        cur.purges_seen = max(p["n"] for p in fresh)
+        log.info("%s: opt-out on the board; forgot %d vectors the gateway held from it", self.name, n)
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self.polling.interval_s

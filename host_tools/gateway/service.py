@@ -228,6 +228,8 @@ class _Collector:
         lost = CounterMetricFamily("cuecam_gateway_vectors_lost", "Vectors the board overwrote before they were polled",
                                    labels=["device"])
         errs = CounterMetricFamily("cuecam_gateway_poll_errors", "Failed polls", labels=["device"])
+        forgot = CounterMetricFamily("cuecam_gateway_vectors_forgotten", "Vectors forgotten because the board's opt-out "
+                                     "purged them", labels=["device"])
         restarts = CounterMetricFamily("cuecam_gateway_device_restarts", "Board restarts seen (boot_id changes)",
                                        labels=["device"])
         hist = HistogramMetricFamily("cuecam_gateway_poll_seconds", "Poll round trip", labels=["device"])
@@ -238,9 +240,10 @@ class _Collector:
             lost.add_metric([p.name], c.lost)
             errs.add_metric([p.name], p.state.errors)
             restarts.add_metric([p.name], max(0, c.boots - 1))
+            forgot.add_metric([p.name], c.forgotten)
             hist.add_metric([p.name], [(str(b), float(n)) for b, n in zip(LATENCY_BUCKETS, p.hist, strict=False)]
                             + [("+Inf", float(p.hist[-1]))], p.hist_sum)
-        yield from (up, vec, lost, errs, restarts, hist)
+        yield from (up, vec, lost, errs, restarts, forgot, hist)
         sess = GaugeMetricFamily("cuecam_gateway_sessions", "Sessions held (within retention)")
         sess.add_metric([], len(gw.store.sessions))
         yield sess

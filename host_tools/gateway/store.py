@@ -107,6 +107,8 @@ class DeviceCursor:
     taken: int = 0  # vectors taken, all boots, since the gateway started
     lost: int = 0  # vectors the board reported as overwritten/expired before they were polled
     boots: int = 0  # boot changes seen
+    purges_seen: int = 0  # the board's opt-out purges (n) already applied here, this boot
+    forgotten: int = 0  # vectors forgotten because the board purged them (opt-out)
 
 
 def _hour_key(t: float) -> tuple[str, int, int]:
@@ -155,10 +157,7 @@ class Store:
     async def ingest(self, device: str, boot: str, recs: list[Rec], *, cursor: int, lost: int = 0) -> list[Rec]:
         """Take one page of a device's vectors (``cursor``: the page's, which may pass vectors the
         board purged); returns the ones that were new, in seq order."""
-        cur = self.cursors[device]
-        if cur.boot != boot:
-            cur.boot, cur.seq = boot, 0
-            cur.boots += 1
+        cur = self.switch_boot(device, boot)
         new: list[Rec] = []
         for r in sorted(recs, key=lambda r: r.seq):
             if r.seq > cur.seq and (not new or r.seq != new[-1].seq):
@@ -171,6 +170,33 @@ class Store:
         cur.lost += lost
         self._index(new)
         return new
+
+    def switch_boot(self, device: str, boot: str) -> DeviceCursor:
+        """The board's current run: a new boot_id restarts its seq numbers and its purge count."""
+        cur = self.cursors[device]
+        if cur.boot != boot:
+            cur.boot, cur.seq, cur.purges_seen = boot, 0, 0
+            cur.boots += 1
+        return cur
+
+    async def forget(self, device: str, boot: str, since: float, until: float) -> int:
+        """An opt-out on the board purged its vectors of [since, until] (wall clock): forget our
+        copies too, in RAM and SQLite, and rebuild the sessions and buckets without them."""
+        def purged(r: Rec) -> bool:
+            return r.device == device and r.boot == boot and since <= r.t1 <= until + 1.0
+
+        n = sum(1 for r in self.recs if purged(r))
+        if self.db is not None:
+            await self.db.call(self.db.forget, device, boot, since, until + 1.0)
+        if n:
+            keep = [r for r in self.recs if not purged(r)]
+            self.recs.clear()
+            self.sessions.clear()
+            self.buckets.clear()
+            self.hour_sessions.clear()
+            self._index(keep)
+        self.cursors[device].forgotten += n
+        return n
 
     def _index(self, recs: Iterable[Rec]) -> None:
         for r in recs:
@@ -350,6 +376,12 @@ class _Db:
             c.execute("DELETE FROM history WHERE day < ?", (oldest_day,))
             c.executemany("INSERT INTO history VALUES (?, ?, ?, ?) ON CONFLICT(day, hour) DO UPDATE SET "
                           "visitors=max(visitors, excluded.visitors)", [(*k, v) for k, v in closed.items()])
+
+    def forget(self, device: str, boot: str, since: float, until: float) -> None:
+        c = self._c()
+        with c:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("DELETE FROM vectors WHERE device = ? AND boot = ? AND t1 BETWEEN ? AND ?", (device, boot, since, until))
 
     def write_history(self, history: dict[tuple[str, int, int], int]) -> None:
         c = self._c()
