@@ -71,8 +71,8 @@ def sqlite_seqs(db: Path) -> dict[tuple[str, str], list[int]]:
     return out
 
 
-async def wait_for(cond, timeout: float = 20.0, step: float = 0.1) -> None:
-    t_end = time.monotonic() + timeout
+async def wait_for(cond, limit_s: float = 20.0, step: float = 0.1) -> None:
+    t_end = time.monotonic() + limit_s
     while not cond():
         if time.monotonic() > t_end:
             raise AssertionError("timed out")
@@ -131,7 +131,7 @@ async def test_board_restarts_network_cuts_and_gateway_restarts_lose_and_repeat_
             await p.up()
         # back on the network: the gateway catches up with what the boards made during the cut
         mark = {b.name: b.vectors.newest_seq for b in boards}
-        await wait_for(lambda: all(gw.store.cursor(b.name).seq >= mark[b.name] for b in boards), timeout=30)
+        await wait_for(lambda: all(gw.store.cursor(b.name).seq >= mark[b.name] for b in boards), limit_s=30)
         # board 1 restarts: new boot, empty buffer (what it had not been asked for yet died with its RAM)
         note_boot(boards[1])
         await boards[1].restart()
@@ -178,9 +178,9 @@ def real_board(tmp_path_factory, models_dir, vtest):
     dev.stop()
 
 
-async def _wait_up(dev: SimDevice, timeout: float = 60.0) -> None:
+async def _wait_up(dev: SimDevice, limit_s: float = 60.0) -> None:
     async with aiohttp.ClientSession() as s:
-        t_end = time.monotonic() + timeout
+        t_end = time.monotonic() + limit_s
         while True:
             assert dev.proc is not None and dev.proc.poll() is None, dev.log.read_text()[-2000:]
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
@@ -218,16 +218,16 @@ async def test_real_board_killed_and_restarted_under_a_polling_gateway(real_boar
     gw = gateway_on(cfg, delivered)
     await start(gw)
     try:
-        await wait_for(lambda: gw.store.cursor("cam-real").taken >= 20, timeout=60)
+        await wait_for(lambda: gw.store.cursor("cam-real").taken >= 20, limit_s=60)
         boot1 = gw.store.cursor("cam-real").boot
         real_board.stop(signal.SIGKILL)  # a power cut
-        await wait_for(lambda: gw.devices()[0]["state"] == "stale", timeout=15)
+        await wait_for(lambda: gw.devices()[0]["state"] == "stale", limit_s=15)
         real_board.start()
         await _wait_up(real_board)
         await wait_for(lambda: gw.store.cursor("cam-real").boot not in (None, boot1) and
-                       gw.store.cursor("cam-real").taken >= 40, timeout=60)
+                       gw.store.cursor("cam-real").taken >= 40, limit_s=60)
         boot2, cursor2, held2 = await _dump(real_board)
-        await wait_for(lambda: gw.store.cursor("cam-real").seq >= cursor2, timeout=15)
+        await wait_for(lambda: gw.store.cursor("cam-real").seq >= cursor2, limit_s=15)
         assert gw.devices()[0]["state"] == "ok" and gw.devices()[0]["restarts_seen"] == 1
     finally:
         await gw.stop()
@@ -252,14 +252,13 @@ async def test_an_optout_on_the_board_is_forgotten_by_the_gateway(real_board, tm
     await gw.start()
     headers = {"Authorization": f"Bearer {real_board.token_file.read_text().strip()}"}
     try:
-        await wait_for(lambda: gw.store.cursor("cam-real").taken >= 15, timeout=60)
+        await wait_for(lambda: gw.store.cursor("cam-real").taken >= 15, limit_s=60)
         boot = gw.store.cursor("cam-real").boot
-        async with aiohttp.ClientSession(headers=headers) as s:
-            async with s.post(real_board.url + "/v1/optout") as r:
-                assert r.status == 200
-                purged = (await r.json())["purged"]["vectors"]
+        async with aiohttp.ClientSession(headers=headers) as s, s.post(real_board.url + "/v1/optout") as r:
+            assert r.status == 200
+            purged = (await r.json())["purged"]["vectors"]
         assert purged > 0
-        await wait_for(lambda: gw.store.cursor("cam-real").purges_seen == 1, timeout=10)
+        await wait_for(lambda: gw.store.cursor("cam-real").purges_seen == 1, limit_s=10)
         assert not [r for r in gw.store.recs if r.device == "cam-real" and r.boot == boot]
         assert not [s for s in gw.store.sessions.values() if s.device == "cam-real"]
         dev = gw.devices()[0]
@@ -267,21 +266,21 @@ async def test_an_optout_on_the_board_is_forgotten_by_the_gateway(real_board, tm
         with sqlite3.connect(tmp_path / "g.sqlite") as c:
             assert c.execute("SELECT count(*) FROM vectors WHERE boot = ?", (boot,)).fetchone()[0] == 0
         # the board measures again (the sim board's long press resumes): new vectors are kept
-        async with aiohttp.ClientSession(headers=headers) as s:
-            async with s.post(real_board.url + "/v1/sim/button", params={"hold_ms": "3500"}) as r:
-                assert r.status == 200
+        async with aiohttp.ClientSession(headers=headers) as s, \
+                s.post(real_board.url + "/v1/sim/button", params={"hold_ms": "3500"}) as r:
+            assert r.status == 200
         before = gw.store.cursor("cam-real").taken
-        await wait_for(lambda: gw.store.cursor("cam-real").taken >= before + 5, timeout=60)
+        await wait_for(lambda: gw.store.cursor("cam-real").taken >= before + 5, limit_s=60)
         assert len([r for r in gw.store.recs if r.device == "cam-real"]) >= 5
     finally:
         await gw.stop()
 
 
-async def test_device_tail_and_bench_commands(real_board):
-    await _wait_up(real_board)
+def test_device_tail_and_bench_commands(real_board):
+    asyncio.run(_wait_up(real_board))
     base = [sys.executable, "-m", "host_tools.cli"]
     tail = subprocess.run([*base, "device", "tail", "--url", real_board.url, "--token-file", str(real_board.token_file),
-                           "--count", "5", "--interval", "0.2"], capture_output=True, text=True, timeout=60)
+                           "--count", "5", "--interval", "0.2"], capture_output=True, text=True, limit_s=60)
     assert tail.returncode == 0, tail.stderr
     lines = [json.loads(x) for x in tail.stdout.splitlines()]
     assert len(lines) == 5 and all(v["schema"] == 1 and "token" in v for v in lines)
