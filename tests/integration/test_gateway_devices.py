@@ -280,7 +280,7 @@ def test_device_tail_and_bench_commands(real_board):
     asyncio.run(_wait_up(real_board))
     base = [sys.executable, "-m", "host_tools.cli"]
     tail = subprocess.run([*base, "device", "tail", "--url", real_board.url, "--token-file", str(real_board.token_file),
-                           "--count", "5", "--interval", "0.2"], capture_output=True, text=True, limit_s=60)
+                           "--count", "5", "--interval", "0.2"], capture_output=True, text=True, timeout=60)
     assert tail.returncode == 0, tail.stderr
     lines = [json.loads(x) for x in tail.stdout.splitlines()]
     assert len(lines) == 5 and all(v["schema"] == 1 and "token" in v for v in lines)
