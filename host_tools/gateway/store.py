@@ -71,6 +71,14 @@ def rec_from_json(device: str, boot: str, v: dict[str, Any], received: float, of
                received)
 
 
+def _add_signals(sums: dict[str, float], counts: dict[str, int], r: Rec) -> None:
+    for k in SIGNALS:
+        x = getattr(r, k)
+        if x is not None:
+            sums[k] += x
+            counts[k] += 1
+
+
 @dataclass(slots=True)
 class Session:
     device: str
@@ -98,6 +106,14 @@ class Bucket:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIGNALS, 0))
     approaching: int = 0
     avoiding: int = 0
+
+    def add(self, r: Rec) -> None:
+        self.vectors += 1
+        self.sessions.add(r.session)
+        _add_signals(self.sums, self.counts, r)
+        if r.approach is not None:
+            self.approaching += r.approach > APPROACH_LINE
+            self.avoiding += r.approach < -APPROACH_LINE
 
 
 @dataclass(slots=True)
@@ -207,21 +223,10 @@ class Store:
             s.first, s.last = min(s.first, r.t0), max(s.last, r.t1)
             s.windows += 1
             s.ended = s.ended or r.exit is not None
-            b = self.buckets[(r.zone or "-", int(r.t1 // self.bucket_s) * self.bucket_s)]
-            b.vectors += 1
-            b.sessions.add(r.session)
             if r.zone is not None:
                 s.zones.add(r.zone)
-            for k in SIGNALS:
-                x = getattr(r, k)
-                if x is not None:
-                    s.sums[k] += x
-                    s.counts[k] += 1
-                    b.sums[k] += x
-                    b.counts[k] += 1
-            if r.approach is not None:
-                b.approaching += r.approach > APPROACH_LINE
-                b.avoiding += r.approach < -APPROACH_LINE
+            _add_signals(s.sums, s.counts, r)
+            self.buckets[(r.zone or "-", int(r.t1 // self.bucket_s) * self.bucket_s)].add(r)
             self.hour_sessions[_hour_key(r.t1)].add(r.session)
 
     # -- retention -----------------------------------------------------------------------------
@@ -285,17 +290,7 @@ class Store:
         since = self.clock() - window_s
         acc: dict[str, Bucket] = defaultdict(Bucket)
         for r in self.window(since):
-            b = acc[r.zone or "-"]
-            b.vectors += 1
-            b.sessions.add(r.session)
-            for k in SIGNALS:
-                x = getattr(r, k)
-                if x is not None:
-                    b.sums[k] += x
-                    b.counts[k] += 1
-            if r.approach is not None:
-                b.approaching += r.approach > APPROACH_LINE
-                b.avoiding += r.approach < -APPROACH_LINE
+            acc[r.zone or "-"].add(r)
         return {z: _bucket_json(b) for z, b in sorted(acc.items())}
 
     def trend(self, zone: str | None = None) -> list[dict[str, Any]]:

@@ -191,6 +191,16 @@ async def _wait_up(dev: SimDevice, limit_s: float = 60.0) -> None:
             await asyncio.sleep(0.2)
 
 
+def one_board_config(tmp_path: Path, dev: SimDevice, polling: dict) -> Path:
+    """A gateway config (JSON is YAML) polling one real board, with a SQLite store in tmp_path."""
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(json.dumps({
+        "version": 1, "gateway": {"port": 0},
+        "devices": [{"name": dev.name, "url": dev.url, "token": {"file": str(dev.token_file)}}],
+        "polling": polling, "store": {"sqlite": str(tmp_path / "g.sqlite")}, "outputs": {"log": {"enabled": False}}}))
+    return cfg
+
+
 async def _dump(dev: SimDevice) -> tuple[str, int, list[int]]:
     """Everything the board holds now: (boot_id, cursor, seqs)."""
     headers = {"Authorization": f"Bearer {dev.token_file.read_text().strip()}"}
@@ -208,12 +218,7 @@ async def _dump(dev: SimDevice) -> tuple[str, int, list[int]]:
 
 async def test_real_board_killed_and_restarted_under_a_polling_gateway(real_board, tmp_path):
     await _wait_up(real_board)
-    cfg = tmp_path / "gw.yaml"
-    cfg.write_text(json.dumps({
-        "version": 1, "gateway": {"port": 0},
-        "devices": [{"name": "cam-real", "url": real_board.url, "token": {"file": str(real_board.token_file)}}],
-        "polling": {"interval_s": 0.3, "stale_after_s": 2}, "store": {"sqlite": str(tmp_path / "g.sqlite")},
-        "outputs": {"log": {"enabled": False}}}))
+    cfg = one_board_config(tmp_path, real_board, {"interval_s": 0.3, "stale_after_s": 2})
     delivered: list = []
     gw = gateway_on(cfg, delivered)
     await start(gw)
@@ -242,12 +247,7 @@ async def test_real_board_killed_and_restarted_under_a_polling_gateway(real_boar
 
 async def test_an_optout_on_the_board_is_forgotten_by_the_gateway(real_board, tmp_path):
     await _wait_up(real_board)
-    cfg = tmp_path / "gw.yaml"
-    cfg.write_text(json.dumps({
-        "version": 1, "gateway": {"port": 0},
-        "devices": [{"name": "cam-real", "url": real_board.url, "token": {"file": str(real_board.token_file)}}],
-        "polling": {"interval_s": 0.2}, "store": {"sqlite": str(tmp_path / "g.sqlite")},
-        "outputs": {"log": {"enabled": False}}}))
+    cfg = one_board_config(tmp_path, real_board, {"interval_s": 0.2})
     gw = Gateway(load_gateway_config(cfg))
     await gw.start()
     headers = {"Authorization": f"Bearer {real_board.token_file.read_text().strip()}"}
