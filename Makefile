@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 COMPAT_VENV ?= .venv-bookworm
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-stamp
 
-.PHONY: help setup venv models media mosquitto run demo test test-all test-compat test-ota bench lint clean
+.PHONY: help setup venv models media mosquitto run demo test test-all test-compat test-ota test-pi install bench lint clean
 
 help: ## print this help
 	@echo "cuecam make targets:"
@@ -69,6 +69,13 @@ test-compat: setup $(COMPAT_STAMP) ## the real-model tests on Bookworm's numpy 1
 
 test-ota: setup ## the OTA proofs with their counts: power-cut matrix, tampered bundles, end to end
 	$(PY) -m pytest -q -s tests/ota/test_powercut.py tests/ota/test_tampered.py tests/ota/test_e2e.py tests/ota/test_pull.py
+
+test-pi: setup ## the firmware on rpi4.yaml in an emulated Raspberry Pi OS arm64 userland (root; qemu-user, mmdebstrap)
+	$(PY) tests/pi/piroot.py build
+	$(PY) -m pytest -q -s -m slow -p no:cacheprovider tests/pi $(PYTEST_ARGS)
+
+install: ## install cuecam on this Raspberry Pi (root): apt packages, venv, user, /etc/cuecam, systemd units
+	./install.sh
 
 bench: setup ## print throughput, start-up and memory figures (key: value lines)
 	$(PY) tests/bench/bench_pipeline.py
