@@ -10,6 +10,7 @@
     cuecam device tail       --url URL [--since N]  # follow vectors as they come (JSON lines)
     cuecam sign --config board_configs/sim.yaml --out sign.html [--format html|svg]
     cuecam gateway run|check|bench, cuecam sim-store, cuecam bench   (see host_tools/gateway_cli.py)
+    cuecam provision --template board_configs/rpi5.yaml --name shelf-3 (--out DIR | --boot DIR) [--tls] [--json]
 
 The token comes from --token-file, else $CUECAM_API_TOKEN. Output is JSON. ``sign`` writes the
 store's printable A5 privacy sign from a board config (what GET /v1/privacy serves).
@@ -107,11 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     sign.add_argument("--config", type=Path, required=True, help="the board config (e.g. board_configs/rpi5.yaml)")
     sign.add_argument("--out", type=Path, required=True, help="output file (.html or .svg)")
     sign.add_argument("--format", choices=("html", "svg"), help="default: svg for a .svg --out, else html")
-    from . import gateway_cli, ota_cli
+    from . import gateway_cli, ota_cli, provision
 
     ota_cli.add_parser(sub)
     gateway_cli.add_parsers(sub, dsub, common)
+    provision.add_parser(sub)
     args = ap.parse_args(argv)
+    if args.group == "provision":
+        return provision.run(args)
     if args.group == "sign":
         return _sign(args)
     if args.group == "ota":
