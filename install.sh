@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Install cuecam on a Raspberry Pi (64-bit Raspberry Pi OS Bookworm): sudo ./install.sh [options]
+#
+# Idempotent: run it again after `git pull` or to repair an install. What it does:
+#   1. refuses 32-bit systems (LiteRT has no armhf wheel) and anything but root;
+#   2. apt: python3-picamera2 (libcamera), python3-gpiozero, python3-numpy, python3-yaml, python3-venv
+#      (only the ones missing);
+#   3. a venv in /opt/cuecam/venv made with --system-site-packages, so the apt picamera2, libcamera
+#      and gpiozero are used, and cuecam with the rest of its dependencies from PyPI installed into it
+#      with numpy pinned to Debian's (pip's numpy 2 breaks picamera2's simplejpeg);
+#   4. the cuecam system user (groups video and gpio), /etc/cuecam (root:cuecam 0750, config and
+#      token) and /var/lib/cuecam (cuecam 0750: OTA slots, audit log); nothing else is written at run time;
+#   5. the firmware source in /opt/cuecam/src, the model files in /opt/cuecam/models, OTA slot a;
+#   6. cuecam.service and cuecam-firstboot.service, enabled.
+# The board's config and API token come from `cuecam provision` (see README, "Installing on a Raspberry Pi").
+#
+# Options:
+#   --models DIR      model files to install (default: ../shared/models beside this checkout, if there)
+#   --prefix DIR      where the venv, source and models go (default /opt/cuecam)
+#   --root DIR        install into DIR as the file system root (staging an image, tests): no apt, no
+#                     user, no systemctl; every path below is under DIR
+#   --no-apt          do not run apt-get (the packages are already there)
+#   --find-links DIR  pip installs only from the wheels in DIR (offline)
+set -euo pipefail
+
+SRC="$(cd "$(dirname "$0")" && pwd)"
+PREFIX=/opt/cuecam
+ROOT=""
+MODELS=""
+APT=1
+PIP_SOURCE=()
+PYTHON=${CUECAM_SYSTEM_PYTHON:-/usr/bin/python3}
+
+die() { echo "install.sh: error: $*" >&2; exit 1; }
+say() { echo "install.sh: $*"; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --models) MODELS="${2:?--models needs a directory}"; shift 2 ;;
+    --prefix) PREFIX="${2:?--prefix needs a directory}"; shift 2 ;;
+    --root) ROOT="$(realpath -m "${2:?--root needs a directory}")"; APT=0; shift 2 ;;
+    --no-apt) APT=0; shift ;;
+    --find-links) PIP_SOURCE=(--no-index --find-links "$(realpath "${2:?--find-links needs a directory}")"); shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+case "$PREFIX" in /*) ;; *) die "--prefix must be an absolute path" ;; esac
+
+# 1. 64-bit only: LiteRT (ai-edge-litert) ships aarch64 and x86_64 wheels, none for 32-bit ARM.
+ARCH="${CUECAM_ARCH:-$(dpkg --print-architecture 2>/dev/null || uname -m)}"
+case "$ARCH" in
+  arm64|aarch64|amd64|x86_64) ;;
+  armhf|armel|armv6l|armv7l|arm|i386|i686)
+    die "this is a 32-bit system ($ARCH): LiteRT has no wheel for it, so cuecam cannot run here.
+Flash the 64-bit Raspberry Pi OS (Bookworm, arm64) with Raspberry Pi Imager and run install.sh again." ;;
+  *) die "unsupported architecture $ARCH (cuecam runs on arm64 Raspberry Pi OS)" ;;
+esac
+if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ]; then
+  die "run as root: sudo ./install.sh"
+fi
+
+# 2. apt packages (picamera2 is in the Raspberry Pi archive; plain Debian has no python3-picamera2)
+if [ "$APT" = 1 ]; then
+  want="python3 python3-venv python3-pip python3-numpy python3-yaml python3-gpiozero"
+  if apt-cache show python3-picamera2 >/dev/null 2>&1; then
+    want="$want python3-picamera2"
+  else
+    say "warning: no python3-picamera2 in the apt sources (not Raspberry Pi OS?): Pi cameras will not work"
+  fi
+  missing=""
+  for p in $want; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    say "apt-get install$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $missing
+  fi
+fi
+NUMPY="$("$PYTHON" -c 'import numpy; print(numpy.__version__)' 2>/dev/null)" ||
+  die "$PYTHON has no numpy: apt-get install python3-numpy (Raspberry Pi OS ships 1.24, which picamera2 needs)"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$PYTHON is older than Python 3.11"
+
+# 4. user and directories
+ETC="$ROOT/etc/cuecam"
+STATE="$ROOT/var/lib/cuecam"
+DEST="$ROOT$PREFIX"
+VENV="$DEST/venv"
+if [ -z "$ROOT" ]; then
+  getent group gpio >/dev/null || groupadd --system gpio
+  if ! id cuecam >/dev/null 2>&1; then
+    useradd --system --user-group --home-dir /var/lib/cuecam --no-create-home --shell /usr/sbin/nologin cuecam
+    say "created the system user cuecam"
+  fi
+  usermod -a -G video,gpio cuecam
+  install -d -m 0755 -o root -g root "$DEST"
+  install -d -m 0750 -o root -g cuecam "$ETC"
+  install -d -m 0750 -o cuecam -g cuecam "$STATE"
+  as_cuecam() { runuser -u cuecam -- "$@"; }
+else
+  install -d -m 0755 "$DEST"
+  install -d -m 0750 "$ETC" "$STATE"
+  as_cuecam() { "$@"; }
+fi
+
+# 3. the venv, with the system packages visible and numpy pinned to Debian's
+if [ -x "$VENV/bin/python" ] && ! grep -qx 'include-system-site-packages = true' "$VENV/pyvenv.cfg"; then
+  say "$VENV does not see the system packages: making it again"
+  rm -rf "$VENV"
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$VENV"
+{ # the apt numpy (picamera2 needs numpy 1.x), and the wheel versions tested with it (make test-compat, test-pi)
+  printf '# written by install.sh\nnumpy==%s\n' "$NUMPY"
+  grep -v -i -E '^[[:space:]]*(#|$|numpy|tflite-runtime)' "$SRC/tests/bookworm-constraints.txt" || true
+} > "$DEST/constraints.txt"
+say "pip install cuecam into $VENV (numpy pinned to $NUMPY)"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PIP_SOURCE[@]}" \
+  -c "$DEST/constraints.txt" "$SRC"
+got="$("$VENV/bin/python" -c 'import numpy; print(numpy.__version__)')"
+[ "$got" = "$NUMPY" ] || die "the venv has numpy $got, not the system's $NUMPY"
+
+# 5. source tree (what an OTA slot holds, plus the docs), models, OTA slot a
+"$VENV/bin/python" - "$SRC" "$DEST/src" <<'PY'
+import shutil, sys
+from pathlib import Path
+from host_tools.ota_cli import tree_files
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+tmp = dst.with_name(dst.name + ".new")
+shutil.rmtree(tmp, ignore_errors=True)
+files = tree_files(src) | {n: src / n for n in ("README.md", "install.sh") if (src / n).is_file()}
+files |= {p.relative_to(src).as_posix(): p for p in sorted((src / "docs").glob("*.md"))}
+for rel, p in files.items():
+    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(p, tmp / rel)
+old = dst.with_name(dst.name + ".old")
+shutil.rmtree(old, ignore_errors=True)
+if dst.exists():
+    dst.rename(old)
+tmp.rename(dst)
+shutil.rmtree(old, ignore_errors=True)
+print(f"install.sh: {len(files)} source files in {dst}")
+PY
+if [ -z "$MODELS" ] && [ -d "$SRC/../shared/models" ]; then MODELS="$SRC/../shared/models"; fi
+if [ -n "$MODELS" ]; then
+  "$VENV/bin/python" -m firmware.models --manifest "$DEST/src/models/manifest.yaml" install --from "$MODELS" --to "$DEST/models"
+  install -m 0644 "$DEST/src/models/manifest.yaml" "$DEST/models/manifest.yaml"
+else
+  say "warning: no model files given (--models DIR): copy them into $PREFIX/models before starting cuecam"
+fi
+VERSION="$("$VENV/bin/python" -c 'import firmware; print(firmware.__version__)')"
+if [ ! -f "$STATE/ota/state.json" ]; then
+  as_cuecam "$VENV/bin/python" -m ota.installer --root "$STATE/ota" init --source "$DEST/src" --version "$VERSION" >/dev/null
+  say "OTA slot a = cuecam $VERSION in $STATE/ota"
+fi
+
+# 6. systemd units
+UNITS="$ROOT/etc/systemd/system"
+install -d -m 0755 "$UNITS"
+for u in cuecam.service cuecam-firstboot.service; do
+  install -m 0644 "$SRC/ota/systemd/$u" "$UNITS/$u"
+done
+if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  systemctl enable cuecam-firstboot.service cuecam.service
+fi
+
+say "cuecam $VERSION installed: venv $VENV (numpy $NUMPY), config $ETC, state $STATE"
+if [ ! -f "$ETC/board.yaml" ]; then
+  say "next: provision this board (cuecam provision --boot, then reboot) or write $ETC/board.yaml and"
+  say "      $ETC/api-token (owner cuecam, mode 0600) with \`cuecam provision --out\`, then: systemctl start cuecam"
+fi
