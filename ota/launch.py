@@ -4,9 +4,10 @@ Each start asks the slot store which slot to run (``SlotStore.boot``: a trial bo
 before it starts, and a trial that has been started ``max_boot_attempts`` times without a commit
 is rolled back), then runs ``python -m firmware ARGS`` from that slot with
 ``CUECAM_OTA_SLOT`` / ``CUECAM_OTA_TRIAL`` set, so the firmware knows to commit itself once
-healthy. Under systemd (``Restart=always``) the unit restarts the launcher after every exit; with
-``--supervise`` the launcher does that itself (tests, boards without systemd). Exit code 75 from
-the firmware means "restart me" (a new trial slot was installed).
+healthy. Under systemd (``Restart=on-failure``, ``RestartForceExitStatus=75``) the unit restarts
+the launcher after every failed exit; with ``--supervise`` the launcher does that itself (tests,
+boards without systemd). Exit code 75 from the firmware means "restart me" (a new trial slot was
+installed).
 """
 
 from __future__ import annotations

@@ -100,3 +100,13 @@ def test_firstboot_runs_before_cuecam() -> None:
     one = {k: v[-1] for k, v in _props(UNITS / "cuecam-firstboot.service").items()}
     assert one["Service.Type"] == "oneshot" and "cuecam.service" in one["Unit.Before"].split()
     assert one["Service.ExecStart"].split()[:3] == [VENV_PYTHON, "-m", "firmware.firstboot"]
+
+
+@pytest.mark.hw
+def test_device_classes_exist_on_the_board() -> None:
+    """On a Pi: the camera and GPIO device classes the unit allows are the kernel's names for them
+    (/proc/devices); apex and usb_device only with a Coral attached."""
+    lines = Path("/proc/devices").read_text().split("Block devices:")[0].splitlines()
+    devices = {line.split()[1] for line in lines if line.strip()[:1].isdigit()}
+    for cls in ("video4linux", "media", "dma_heap", "gpiochip"):
+        assert cls in devices, f"{cls} not in /proc/devices: the unit's DeviceAllow=char-{cls} would not match"
