@@ -72,7 +72,7 @@ test-ota: setup ## the OTA proofs with their counts: power-cut matrix, tampered 
 
 test-pi: setup ## the firmware on rpi4.yaml in an emulated Raspberry Pi OS arm64 userland (root; qemu-user, mmdebstrap)
 	$(PY) tests/pi/piroot.py build
-	$(PY) -m pytest -q -s -m slow -p no:cacheprovider tests/pi $(PYTEST_ARGS)
+	CUECAM_TEST_PI=1 $(PY) -m pytest -q -s -m slow -p no:cacheprovider tests/pi $(PYTEST_ARGS)
 
 install: ## install cuecam on this Raspberry Pi (root): apt packages, venv, user, /etc/cuecam, systemd units
 	./install.sh

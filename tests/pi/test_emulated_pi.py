@@ -4,7 +4,7 @@ qemu-aarch64-static runs the root's own python3 with Debian's numpy 1.24 and the
 of cuecam's dependencies (tests/pi/piroot.py), on board_configs/rpi4.yaml with the camera
 replaced by a replay of vtest.avi. It must load the real SSD model through LiteRT, process at
 least 20 frames, and answer /health and an authenticated API call on loopback. Marked ``slow``
-(the default suite skips it); it fails, never skips, when it cannot run.
+and run by ``make test-pi`` only; there it fails, never skips, when it cannot run.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from tests.conftest import MODELS_DIR, ROOT, VTEST
 
 from . import piroot
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(os.environ.get("CUECAM_TEST_PI") != "1", reason="needs root and qemu: run `make test-pi`")]
 MIN_FRAMES = 20
 SERVE_TIMEOUT_S = 300.0  # emulated start-up: imports + model load (~25 s measured)
 FRAMES_TIMEOUT_S = 300.0  # ~1 s per emulated SSD invoke
