@@ -24,24 +24,27 @@ from aiohttp import web
 from . import __version__
 from .camera import Camera, create_camera
 from .config import LoadedConfig, ReplayCameraConfig
-from .errors import CuecamError
+from .errors import CuecamError, InferenceError, ModelError
 from .http.app import build_app
 from .http.auth import Token, load_token
 from .inference import Detector, create_detector
 from .inference.pose import PoseEstimator, create_pose_estimator
 from .models import load_manifest
 from .ota_agent import RESTART_EXIT_CODE, OtaAgent
-from .pipeline import Pipeline
+from .pipeline import Pipeline, RestartPolicy
 from .privacy.audit import AuditLog
 from .privacy.schedule import ClosedSchedule
 from .privacy.signage import Signage
 from .ringbuffer import RingBuffer
+from .sdnotify import Notifier
 from .signals.analyzer import FrameAnalyzer
 from .signals.schema import VECTOR_DTYPE
+from .thermal import ThermalMonitor, create_sensor
 
 log = logging.getLogger("cuecam")
-STARTUP_GRACE_S = 15.0
 RETENTION_TICK_S = 0.25
+SUPERVISE_TICK_S = 0.25  # the supervisor's loop: READY, watchdog pings, STATUS, thermal
+STATUS_EVERY_S = 10.0  # STATUS= is re-sent at least this often, and whenever the state changes
 
 
 class Service:
@@ -52,16 +55,32 @@ class Service:
         loaded: LoadedConfig,
         *,
         camera: Camera,
-        detector: Detector,
+        detector: Detector | None,
         pose: PoseEstimator | None = None,
+        model_problem: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
+        thermal: ThermalMonitor | None = None,
     ) -> None:
         cfg = loaded.config
         self.loaded = loaded
         self.config = cfg
         self.detector = detector
-        self.detector_name = detector.name
+        self.detector_name = detector.name if detector is not None else None
+        # Why the board does not run the configured models (None: it does): a missing, corrupt or
+        # refused model, an accelerator that would not load or died mid-run.
+        self.model_problem = model_problem
+        # started on the fallback already (see load_models): nothing left to switch to
+        self.on_fallback = detector is not None and "running the CPU fallback" in (model_problem or "")
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.thermal = thermal if thermal is not None else ThermalMonitor(create_sensor(cfg.thermal, loaded), cfg.thermal)
+        self.ready_after_s: float | None = None  # when READY=1 was due (uptime)
+        self.watchdog_pings = 0
+        self._last_status = ""
+        self._last_status_t = -1e18
+        self._last_ping = -1e18
+        self._supervise_task: asyncio.Task[None] | None = None
         self.now = clock
         self.wall = wall_clock
         self.speed_unit = "m/s" if cfg.ground_plane is not None else "person_heights/s"
@@ -78,10 +97,14 @@ class Service:
             analyzer=self.analyzer,
             vectors=self.vectors,
             queue_size=cfg.inference.queue_size,
-            retry_camera=cfg.camera.type == "picamera2",
+            restart=RestartPolicy(cfg.health.camera_timeout_s, cfg.health.backoff_s, cfg.health.backoff_max_s),
+            max_consecutive_errors=cfg.inference.max_consecutive_errors,
             clock=clock,
             wall_clock=wall_clock,
         )
+        self.pipeline.on_model_failure = self._model_failed
+        if detector is None:
+            self.pipeline.stats.state, self.pipeline.stats.error = "error", f"model: {model_problem}"
         self.schedule = ClosedSchedule(cfg.privacy.closed_hours, cfg.privacy.timezone)
         self.pipeline.closed = self.schedule.closed
         self.started = clock()
@@ -125,12 +148,16 @@ class Service:
         self._trial_task = asyncio.create_task(
             self.ota.watch_trial(lambda: self.health()[0] and self.pipeline.stats.frames_processed > 0,
                                  lambda: self.api_url), name="cuecam-ota-trial")
-        self._task = asyncio.create_task(self.pipeline.run(), name="cuecam-pipeline")
+        if self.detector is not None:  # without a model there is nothing to analyse: API only
+            self._task = asyncio.create_task(self.pipeline.run(), name="cuecam-pipeline")
         self._retention_task = asyncio.create_task(self._retention(), name="cuecam-retention")
+        self._supervise_task = asyncio.create_task(self._supervise(), name="cuecam-supervise")
 
     async def stop(self) -> None:
         """Stop the pipeline, close the camera, join the worker threads. Never raises."""
-        for t in (self._task, self._retention_task, self._resume_task, self._trial_task, *self._background):
+        self.notifier.stopping()
+        for t in (self._task, self._retention_task, self._resume_task, self._trial_task, self._supervise_task,
+                  *self._background):
             if t is not None:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -138,6 +165,113 @@ class Service:
         if self.signage is not None:
             self.signage.close()
         await self.pipeline.close()
+        self.notifier.close()
+
+    # -- supervision: systemd notify, watchdog, thermal -------------------------------------------
+    def alive(self) -> tuple[bool, str]:
+        """Whether the watchdog may be fed: the event loop runs this, so a blocked loop feeds
+        nothing; a pipeline that should run but has produced no frame for health.stall_s is dead.
+        A board degraded on purpose (no usable model, opt-out pause) is alive: restarting it
+        would not bring a model back, only start a crash loop."""
+        st = self.pipeline.stats
+        if self.detector is None or (st.state == "error" and (st.error or "").startswith("model:")):
+            return True, "no usable model: API only"
+        if self.paused_until is not None:
+            return True, "paused"
+        if st.state == "ended":
+            return False, "camera source ended"
+        if st.state in ("error", "stopped"):
+            return False, f"pipeline {st.state}: {st.error}"
+        if st.last_activity is None:
+            limit = self.config.health.startup_grace_s + self.config.health.stall_s
+            idle = self.uptime()
+        else:
+            limit = self.config.health.stall_s
+            idle = self.now() - st.last_activity
+        if idle > limit:
+            return False, f"no frame for {idle:.1f} s"
+        return True, "running"
+
+    def _ready_due(self) -> bool:
+        if self.api_url is None:
+            return False  # READY=1 only once the API listens
+        st = self.pipeline.stats
+        return (st.frames_processed > 0 or self.detector is None or st.state in ("error", "ended")
+                or self.uptime() > self.config.health.startup_grace_s)
+
+    def status_line(self) -> str:
+        ok, reason = self.health()
+        st = self.pipeline.stats
+        t = self.thermal.reading
+        temp = "" if t is None or t.temp_c is None else f", {t.temp_c:.0f} C{' (hot)' if self.thermal.hot else ''}"
+        state = "ok" if ok else f"degraded: {reason}"
+        return f"{state}; {st.fps(self.now()):.1f} fps, {st.frames_processed} frames{temp}"
+
+    async def _supervise(self) -> None:
+        n = self.notifier
+        interval = n.watchdog_interval_s
+        tick = SUPERVISE_TICK_S if interval is None else min(SUPERVISE_TICK_S, interval / 4)
+        next_thermal = self.now()
+        while True:
+            now = self.now()
+            if self.ready_after_s is None and self._ready_due():
+                self.ready_after_s = self.uptime()
+                n.ready(self.status_line())
+                log.info("ready after %.2f s: %s", self.ready_after_s, self.status_line())
+            if interval is not None and now - self._last_ping >= interval:
+                alive, why = self.alive()
+                if alive:
+                    if n.watchdog():
+                        self.watchdog_pings += 1
+                    self._last_ping = now
+                elif now - self._last_ping >= interval:  # once per interval: say why the pings stop
+                    log.error("watchdog: not pinging (%s)", why)
+                    self._last_ping = now - interval + 1.0
+            if now >= next_thermal:
+                next_thermal = now + self.config.thermal.poll_s
+                self._apply_thermal()
+            if self.ready_after_s is not None:
+                line = self.status_line()
+                head = line.split(";")[0]
+                if head != self._last_status.split(";")[0] or now - self._last_status_t >= STATUS_EVERY_S:
+                    n.status(line)
+                    self._last_status, self._last_status_t = line, now
+            await asyncio.sleep(tick)
+
+    def _apply_thermal(self) -> None:
+        was = self.thermal.hot
+        self.thermal.poll()
+        hot = self.thermal.hot
+        self.pipeline.min_interval_s = 1.0 / self.config.thermal.hot_fps if hot else 0.0
+        if hot != was:
+            r = self.thermal.reading
+            log.warning("thermal: %s (%s); analysing %s", "hot" if hot else "cooled down", r,
+                        f"at most {self.config.thermal.hot_fps:g} fps" if hot else "every frame")
+
+    # -- model faults -----------------------------------------------------------------------------
+    async def _model_failed(self, e: Exception, n: int) -> bool:
+        """The detector failed ``n`` invokes in a row (Edge TPU unplugged...): switch to the CPU
+        fallback model when the config names one; otherwise stop analysing (degraded)."""
+        fb = self.config.inference.fallback_model
+        old = self.detector_name
+        if fb is None or self.on_fallback:
+            self.model_problem = f"detector {old} failed {n} invokes in a row ({e}); " + (
+                "the fallback model failed too" if fb else "no inference.fallback_model configured")
+            return False
+        try:
+            det = await self.pipeline.run_on_worker(lambda: _load_detector(self.loaded, fb))
+        except CuecamError as e2:
+            self.model_problem = f"detector {old} failed {n} invokes in a row ({e}); fallback {fb} failed: {e2}"
+            return False
+        self.detector, self.detector_name, self.analyzer.detector = det, det.name, det
+        self.on_fallback = True
+        note = ""
+        if self.pose is not None and self.pose.runner.delegate != "cpu":
+            self.pose = self.analyzer.pose = None  # it ran on the same accelerator
+            note = "; pose off"
+        self.model_problem = f"detector {old} failed {n} invokes in a row ({e}); running the CPU fallback {fb}{note}"
+        log.error("model: %s", self.model_problem)
+        return True
 
     # -- privacy: retention, opt-out ---------------------------------------------------------------
     async def _retention(self) -> None:
@@ -147,7 +281,8 @@ class Service:
             await asyncio.sleep(RETENTION_TICK_S)
 
     def expire(self) -> int:
-        n = self.vectors.expire(self.wall() - self.config.privacy.retention_s)
+        # on the monotonic clock: a wall-clock jump (NTP after a boot without RTC) expires nothing early
+        n = self.vectors.expire(self.now() - self.config.privacy.retention_s, field="t_mono")
         self.expired += n
         return n
 
@@ -164,8 +299,9 @@ class Service:
             t0 = self.now()
             frames, tracks = await self.pipeline.pause()
             lookback = self.config.privacy.optout.lookback_s
-            t_wall = self.wall()
-            vectors = self.vectors.clear() if lookback is None else self.vectors.purge_since(t_wall - lookback)
+            t_wall = self.wall()  # for readers (the gateway); the purge itself runs on the monotonic clock
+            vectors = (self.vectors.clear() if lookback is None
+                       else self.vectors.purge_since(self.now() - lookback, field="t_mono"))
             pause_s = self.config.privacy.optout.pause_s
             self.paused_until = self.now() + pause_s
             if self._resume_task is not None:
@@ -222,21 +358,31 @@ class Service:
 
     def health(self) -> tuple[bool, str | None]:
         st = self.pipeline.stats
+        hc = self.config.health
+        if self.detector is None or (st.state == "error" and (st.error or "").startswith("model:")):
+            return False, f"model: {self.model_problem}"
         if self.paused_until is not None and st.state in ("running", "starting"):
             return True, None  # paused on purpose (opt-out): healthy
+        if st.state == "restarting":
+            return False, (f"camera: {st.error}; restarting (restart {st.camera_restarts + 1}, "
+                           f"backoff {st.next_restart_s or 0:.2g} s)")
         if st.state == "error":
-            return False, f"camera: {st.error}"
+            return False, f"camera: {st.error}" if not (st.error or "").startswith("pipeline:") else st.error
         if st.state == "ended":
             return False, f"camera source ended after {st.frames_captured} frames"
         if st.state == "stopped":
             return False, "stopping"
-        if st.last_processed is None:
-            if self.uptime() < STARTUP_GRACE_S:
+        if st.consecutive_errors:
+            return False, f"model: {st.consecutive_errors} failed invokes in a row: {st.error}"
+        if st.last_activity is None:
+            if self.uptime() < hc.startup_grace_s:
                 return False, "starting: no frame processed yet"
             return False, f"no frame processed in {self.uptime():.0f} s since start"
-        idle = self.now() - st.last_processed
-        if idle > 5.0:
+        idle = self.now() - st.last_activity
+        if idle > hc.stall_s:
             return False, f"no frame processed for {idle:.1f} s"
+        if self.model_problem is not None:
+            return False, f"model: {self.model_problem}"
         return True, None
 
     def status(self) -> dict[str, Any]:
@@ -246,16 +392,34 @@ class Service:
         m50, m99 = st.percentiles(st.total_ms)
         k50, k99 = st.percentiles(st.model_ms)
         cam = self.config.camera
-        runner = self.detector.runner
+        runner = None if self.detector is None else self.detector.runner
+        ok, reason = self.health()
+        alive, why = self.alive()
+        reading = self.thermal.reading
         return {
             "version": __version__,
             "board": {"name": self.config.board.name, "kind": self.config.board.kind},
             "boot_id": self.boot_id,
+            "health": {"ok": ok, "reason": reason},
             "camera": {"type": cam.type, "source": self.pipeline.camera.description, "state": st.state,
-                       "error": st.error, "restarts": st.camera_restarts},
-            "model": {"name": self.detector_name, "file": runner.model.path.name, "runtime": runner.runtime,
-                      "delegate": self.config.inference.delegate, "threads": self.config.inference.threads,
-                      "input": list(runner.input_shape)},
+                       "error": st.error, "restarts": st.camera_restarts, "recoveries": st.camera_recoveries,
+                       "failures": st.camera_failures,
+                       "faults": dict(st.camera_faults), "backoff_s": st.next_restart_s},
+            "model": {"name": self.detector_name, "file": None if runner is None else runner.model.path.name,
+                      "runtime": None if runner is None else runner.runtime,
+                      "delegate": None if runner is None else runner.delegate, "threads": self.config.inference.threads,
+                      "input": None if runner is None else list(runner.input_shape), "problem": self.model_problem,
+                      "fallback": self.config.inference.fallback_model, "switches": st.model_switches,
+                      "consecutive_errors": st.consecutive_errors},
+            "thermal": {"sensor": self.thermal.sensor_name, "temp_c": None if reading is None else reading.temp_c,
+                        "throttled": None if reading is None else reading.throttled_hex,
+                        "flags": [] if reading is None else reading.flags, "hot": self.thermal.hot,
+                        "soft_limit_c": self.config.thermal.soft_limit_c,
+                        "fps_cap": self.config.thermal.hot_fps if self.thermal.hot else None,
+                        "frames_skipped": st.frames_thermal_skipped},
+            "systemd": {"notify": self.notifier.enabled, "watchdog_interval_s": self.notifier.watchdog_interval_s,
+                        "watchdog_pings": self.watchdog_pings, "alive": alive, "why": why,
+                        "ready_after_s": _r(self.ready_after_s)},
             "fps": round(st.fps(now), 2),
             "inference_ms": {"p50": _r(p50), "p99": _r(p99)},
             "frames": {"captured": st.frames_captured, "processed": st.frames_processed,
@@ -309,18 +473,62 @@ def with_source(loaded: LoadedConfig, source: Path) -> LoadedConfig:
     return LoadedConfig(loaded.config.model_copy(update={"camera": new_cam}), loaded.path)
 
 
-async def build_service(
-    loaded: LoadedConfig, *, token_env: dict[str, str] | None = None, wall_clock: Callable[[], float] = time.time
-) -> tuple[Service, Token]:
-    """Load the model, open the camera, find the token: every start-up check, before serving."""
+def _load_detector(loaded: LoadedConfig, model: str | None = None) -> Detector:
+    """The configured detector, or ``model`` on the CPU (the fallback). ModelError/InferenceError."""
+    cfg = loaded.config.inference
+    if model is not None:
+        cfg = cfg.model_copy(update={"delegate": "cpu", "detector": cfg.detector.model_copy(update={"model": model})})
+    manifest_dir = loaded.resolve(cfg.models_dir)
+    return create_detector(cfg, manifest_dir, load_manifest(manifest_dir / "manifest.yaml"))
+
+
+def load_models(loaded: LoadedConfig) -> tuple[Detector | None, PoseEstimator | None, str | None]:
+    """Detector and pose estimator, or why not. A model that is missing, corrupt, of the wrong
+    signature, or whose delegate will not load does not stop the board: the API comes up degraded
+    with the reason, on ``inference.fallback_model`` (CPU) when the config names one."""
     cfg = loaded.config
-    manifest_dir = loaded.resolve(cfg.inference.models_dir)
-    manifest = load_manifest(manifest_dir / "manifest.yaml")
-    detector = create_detector(cfg.inference, manifest_dir, manifest)
+    problems: list[str] = []
+    detector: Detector | None = None
+    try:
+        detector = _load_detector(loaded)
+    except (ModelError, InferenceError) as e:
+        problems.append(f"detector {cfg.inference.detector.model}: {e}")
+        fb = cfg.inference.fallback_model
+        if fb is not None:
+            try:
+                detector = _load_detector(loaded, fb)
+                problems.append(f"running the CPU fallback {fb}")
+            except (ModelError, InferenceError) as e2:
+                problems.append(f"fallback {fb}: {e2}")
+        else:
+            problems.append("no inference.fallback_model configured")
     pose = None
-    if cfg.signals.pose != "off":
-        pose = create_pose_estimator(cfg.signals.pose_model, manifest_dir, manifest, runtime=cfg.inference.runtime,
-                                     threads=cfg.inference.threads, delegate=cfg.inference.delegate)
+    if cfg.signals.pose != "off" and detector is not None:
+        inf = cfg.inference
+        try:
+            manifest_dir = loaded.resolve(inf.models_dir)
+            pose = create_pose_estimator(cfg.signals.pose_model, manifest_dir, load_manifest(manifest_dir / "manifest.yaml"),
+                                         runtime=inf.runtime, threads=inf.threads, delegate=inf.delegate)
+        except (ModelError, InferenceError) as e:
+            problems.append(f"pose {cfg.signals.pose_model}: {e}; pose off (orientation follows motion)")
+    problem = "; ".join(problems) or None
+    if problem:
+        log.error("model: %s", problem)
+    return detector, pose, problem
+
+
+async def build_service(
+    loaded: LoadedConfig,
+    *,
+    token_env: dict[str, str] | None = None,
+    wall_clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.monotonic,
+    notifier: Notifier | None = None,
+) -> tuple[Service, Token]:
+    """Load the models, open the camera, find the token: every start-up check, before serving.
+    Model problems degrade the board (see load_models); a missing token or camera stops it."""
+    cfg = loaded.config
+    detector, pose, problem = load_models(loaded)
     token = load_token(
         loaded.resolve(cfg.api.token_file),
         generate=cfg.api.generate_token,
@@ -328,7 +536,8 @@ async def build_service(
     )
     camera = create_camera(loaded)
     await camera.open()
-    svc = Service(loaded, camera=camera, detector=detector, pose=pose, wall_clock=wall_clock)
+    svc = Service(loaded, camera=camera, detector=detector, pose=pose, model_problem=problem, wall_clock=wall_clock,
+                  clock=clock, notifier=notifier)
     try:
         svc.attach_signage()
     except CuecamError:
@@ -357,7 +566,7 @@ async def serve(loaded: LoadedConfig, *, port: int | None = None, ready: Callabl
         loopback = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else url.split("//")[1].rsplit(":", 1)[0])
         svc.api_url = f"http://{loopback}:{bound_port}"
         log.info("cuecam %s on board %s (%s), model %s via %s", __version__, cfg.board.name, cfg.board.kind,
-                 svc.detector_name, svc.detector.runner.runtime)
+                 svc.detector_name, None if svc.detector is None else svc.detector.runner.runtime)
         hint = "generated at first run" if token.generated else "from"
         print(f"cuecam: serving on {url} (API token {hint} {token.source})", flush=True)
         if ready:

@@ -104,6 +104,11 @@ class InferenceConfig(_Strict):
     models_dir: str = Field(default="../models", min_length=1, max_length=4096)
     queue_size: int = Field(default=2, ge=1, le=64)
     detector: DetectorConfig = DetectorConfig()
+    # A CPU detector (manifest key) to switch to when the configured one cannot load or its
+    # accelerator fails mid-run (Edge TPU unplugged); None: stay degraded until restarted.
+    fallback_model: str | None = Field(default=None, min_length=1, max_length=128)
+    # Consecutive failed invokes that count as a dead model or accelerator (then: fallback).
+    max_consecutive_errors: int = Field(default=3, ge=1, le=1000)
 
 
 class BufferConfig(_Strict):
@@ -264,6 +269,33 @@ class PrivacyConfig(_Strict):
         return v
 
 
+class HealthConfig(_Strict):
+    """When the board counts as stalled, and how a failing camera is restarted."""
+
+    # No frame processed for this long: /health is degraded and the systemd watchdog pings stop.
+    stall_s: float = Field(default=5.0, ge=0.5, le=600)
+    startup_grace_s: float = Field(default=15.0, ge=0, le=600)  # before the first frame
+    camera_timeout_s: float = Field(default=5.0, gt=0, le=600)  # a read taking longer: hung camera
+    backoff_s: float = Field(default=0.5, gt=0, le=60)  # first camera restart delay, doubled per failure
+    backoff_max_s: float = Field(default=30.0, gt=0, le=600)
+
+
+class ThermalConfig(_Strict):
+    """SoC temperature and firmware throttle flags; above soft_limit_c the frame rate drops."""
+
+    # auto: the Pi's sysfs files when present; sysfs: those files (an error if absent);
+    # file: read temp_path / throttled_path you control (tests, other boards); none: no sensor.
+    sensor: Literal["auto", "sysfs", "file", "none"] = "auto"
+    temp_path: str = Field(default="/sys/class/thermal/thermal_zone0/temp", min_length=1, max_length=4096)
+    throttled_path: str = Field(default="/sys/devices/platform/soc/soc:firmware/get_throttled", min_length=1,
+                                max_length=4096)
+    # The Pi firmware throttles at 80-85 C; slow down before it does.
+    soft_limit_c: float = Field(default=75.0, ge=30, le=110)
+    hysteresis_c: float = Field(default=5.0, ge=0, le=30)  # back to full rate below soft_limit - this
+    hot_fps: float = Field(default=2.0, gt=0, le=120)  # analysed frames per second while hot
+    poll_s: float = Field(default=2.0, ge=0.05, le=60)
+
+
 class OtaConfig(_Strict):
     """Signed A/B updates (see docs/ota.md)."""
 
@@ -288,6 +320,8 @@ class Config(_Strict):
     signals: SignalsConfig = SignalsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     ota: OtaConfig = OtaConfig()
+    health: HealthConfig = HealthConfig()
+    thermal: ThermalConfig = ThermalConfig()
 
     @model_validator(mode="after")
     def _unique_zones(self) -> Config:

@@ -32,9 +32,14 @@ class InferenceError(CuecamError):
 
 
 class CameraError(CuecamError):
-    """A camera or replay source cannot be opened or read."""
+    """A camera or replay source cannot be opened or read. ``kind``: open, read, hang or frame
+    (the backend returned something that is not a whole RGB frame)."""
 
     exit_code = 3
+
+    def __init__(self, message: str, *, kind: str = "read") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class AuthError(CuecamError):

@@ -16,23 +16,43 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from .camera import Camera, Frame
-from .errors import CameraError
+from .errors import CameraError, CuecamError
 from .ringbuffer import RingBuffer
 from .signals.analyzer import FrameAnalyzer, FrameResult
 from .signals.schema import record_fields
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 # Called on the event loop for every processed frame: (frame id, capture time, analysis result).
 Observer = Callable[[int, float, FrameResult], None]
+# Called on the event loop when the model failed this many invokes in a row; True when it was
+# replaced (a CPU fallback) and analysis goes on, False to stop analysing (degraded).
+ModelFailureHandler = Callable[[Exception, int], Awaitable[bool]]
+
+
+class ModelFailed(CuecamError):
+    """The detector failed too many invokes in a row and nothing could replace it."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a failing camera is restarted: exponential backoff from ``backoff_s``, capped."""
+
+    read_timeout_s: float | None = 5.0
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
 
 
 @dataclass
@@ -42,7 +62,15 @@ class PipelineStats:
     frames_processed: int = 0
     frames_dropped: int = 0
     inference_errors: int = 0
-    camera_restarts: int = 0
+    camera_restarts: int = 0  # successful reopenings after a failure
+    camera_recoveries: int = 0  # frames came back after a failure
+    camera_failures: int = 0  # reads or reopenings that failed
+    camera_faults: dict[str, int] = field(default_factory=dict)  # failures by kind (raise, hang, frame)
+    consecutive_errors: int = 0  # failed invokes in a row
+    model_switches: int = 0
+    frames_thermal_skipped: int = 0  # not analysed to cool down (thermal.soft_limit_c)
+    last_activity: float | None = None  # a frame processed, or dropped on purpose (closed hours)
+    next_restart_s: float | None = None  # while restarting: the current backoff
     last_capture: float | None = None
     last_processed: float | None = None
     first_detection: float | None = None
@@ -50,7 +78,7 @@ class PipelineStats:
     frames_discarded: int = 0  # dropped unanalysed, or their results thrown away, by an opt-out
     frames_closed: int = 0  # dropped before detection during closed hours (staff only)
     people_last_frame: int = 0
-    state: str = "starting"  # starting | running | ended | error | stopped
+    state: str = "starting"  # starting | running | restarting | ended | error | stopped
     error: str | None = None
     vectors: int = 0
     tracks: int = 0  # confirmed tracks matched in the last frame
@@ -85,7 +113,8 @@ class Pipeline:
         analyzer: FrameAnalyzer,
         vectors: RingBuffer,
         queue_size: int = 2,
-        retry_camera: bool = False,
+        restart: RestartPolicy | None = RestartPolicy(),
+        max_consecutive_errors: int = 3,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -93,7 +122,12 @@ class Pipeline:
         self.analyzer = analyzer
         self.vectors = vectors
         self.observers: list[Observer] = []
-        self.retry_camera = retry_camera
+        self.restart = restart  # None: a camera failure stops the pipeline (state error)
+        self.max_consecutive_errors = max_consecutive_errors
+        self.on_model_failure: ModelFailureHandler | None = None
+        # Thermal: at least this many seconds between analysed frames (0: as they come).
+        self.min_interval_s = 0.0
+        self._last_accepted: float | None = None
         self._clock = clock
         self._wall = wall_clock
         self._queue: asyncio.Queue[Frame | None] = asyncio.Queue(maxsize=queue_size)
@@ -116,6 +150,10 @@ class Pipeline:
             await asyncio.wait({producer, consumer}, return_when=asyncio.FIRST_COMPLETED)
             if consumer.done():  # the consumer only ends early by crashing
                 e = consumer.exception()
+                if isinstance(e, ModelFailed):
+                    log.error("analysis stopped: %s", e)
+                    self.stats.state, self.stats.error = "error", f"model: {e}"
+                    return
                 log.error("pipeline stopped: %r", e, exc_info=e)
                 self.stats.state, self.stats.error = "error", f"pipeline: {e!r}"
                 return
@@ -128,36 +166,39 @@ class Pipeline:
             await asyncio.gather(producer, consumer, return_exceptions=True)
 
     async def _produce(self) -> None:
-        backoff = 1.0
+        pol = self.restart
+        backoff = pol.backoff_s if pol else 0.0
         while True:
             await self._measuring.wait()
             try:
-                frame = await self.camera.read()
+                frame = await self.camera.read(pol.read_timeout_s if pol else None)
             except CameraError as e:
-                self.stats.error = str(e)
-                if not self.retry_camera:
+                st = self.stats
+                st.error = str(e)
+                st.camera_failures += 1
+                st.camera_faults[e.kind] = st.camera_faults.get(e.kind, 0) + 1
+                if pol is None:
                     log.error("camera stopped: %s", e)
-                    self.stats.state = "error"
+                    st.state = "error"
                     return
-                log.error("camera failed: %s; reopening in %.0f s", e, backoff)
-                self.stats.state = "error"
-                await self.camera.close()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                try:
-                    await self.camera.open()
-                    self.stats.camera_restarts += 1
-                    self.stats.state, self.stats.error = "running", None
-                except CameraError as e2:
-                    self.stats.error = str(e2)
+                await self._reopen(e, backoff)
+                backoff = min(backoff * 2, pol.backoff_max_s)
                 continue
             if frame is None:
                 self.stats.state = "ended"
                 log.info("camera source ended after %d frames", self.stats.frames_captured)
                 return
-            backoff = 1.0
+            if self.stats.state == "restarting":  # frames are back
+                self.stats.camera_recoveries += 1
+                log.info("camera recovered (%d restarts so far)", self.stats.camera_restarts)
+                self.stats.state, self.stats.error, self.stats.next_restart_s = "running", None, None
+            if pol:
+                backoff = pol.backoff_s
             if not self._measuring.is_set():  # paused while the frame was being captured
                 self.stats.frames_discarded += 1
+                del frame
+                continue
+            if self.min_interval_s > 0 and not await self._thermal_gate():
                 del frame
                 continue
             self.stats.frames_captured += 1
@@ -170,6 +211,36 @@ class Pipeline:
             else:
                 await self._queue.put(frame)
 
+    async def _reopen(self, e: CameraError, delay: float) -> None:
+        """Close the failed camera, wait ``delay``, open it again (a failed open counts as a failure)."""
+        st = self.stats
+        st.state, st.next_restart_s = "restarting", delay
+        log.error("camera failed: %s; reopening in %.2f s", e, delay)
+        await self.camera.close()
+        await asyncio.sleep(delay)
+        try:
+            await self.camera.open()
+        except CameraError as e2:
+            st.error = str(e2)
+            st.camera_failures += 1
+            st.camera_faults["open"] = st.camera_faults.get("open", 0) + 1
+            await self.camera.close()
+            return
+        st.camera_restarts += 1
+
+    async def _thermal_gate(self) -> bool:
+        """Too hot: keep at most one frame per min_interval_s. A live source's extra frames are
+        dropped (counted); a source that waits is simply read later."""
+        now = self._clock()
+        if self._last_accepted is not None and now - self._last_accepted < self.min_interval_s:
+            if self.camera.live:
+                self.stats.frames_thermal_skipped += 1
+                return False
+            await asyncio.sleep(self.min_interval_s - (now - self._last_accepted))
+            now = self._clock()
+        self._last_accepted = now
+        return True
+
     async def _consume(self) -> None:
         loop = asyncio.get_running_loop()
         while (frame := await self._queue.get()) is not None:
@@ -179,6 +250,7 @@ class Pipeline:
                 continue
             if self.closed(self._wall()):
                 self.stats.frames_closed += 1
+                self.stats.last_activity = self._clock()
                 del frame  # never reaches the detector
                 if not self._was_closed:  # closing time: forget every track and pending window
                     self._was_closed = True
@@ -189,10 +261,10 @@ class Pipeline:
             try:
                 res = await loop.run_in_executor(self._executor, self.analyzer.process, frame.image, frame.t_mono)
             except Exception as e:  # one bad frame must not stop the device
-                self.stats.inference_errors += 1
-                self.stats.error = f"inference failed: {e}"
-                log.exception("inference failed on frame %d", frame.frame_id)
+                del frame
+                await self._model_failed(e)
                 continue
+            self.stats.consecutive_errors = 0
             frame_id, t_mono = frame.frame_id, frame.t_mono
             del frame  # the pixels go no further than this
             if generation != self._generation:  # an opt-out came while this frame was analysed
@@ -201,10 +273,11 @@ class Pipeline:
             dets = res.detections
             n = len(dets)
             wall = self._wall()
+            now = self._clock()
             for v in res.vectors:
                 # the window ended (t_mono - v.t_end) seconds of footage before this frame
-                self.vectors.append(**record_fields(v, wall - max(t_mono - v.t_end, 0.0)))
-            now = self._clock()
+                ago = max(t_mono - v.t_end, 0.0)
+                self.vectors.append(**record_fields(v, wall - ago, now - ago))
             st = self.stats
             st.vectors += len(res.vectors)
             st.tracks = res.tracks
@@ -212,7 +285,7 @@ class Pipeline:
             st.model_ms.append(res.model_ms)
             st.total_ms.append(res.total_ms)
             st.frames_processed += 1
-            st.last_processed = now
+            st.last_processed = st.last_activity = now
             st.infer_ms.append(dets.infer_ms)
             st.processed_at.append(now)
             st.people_last_frame = n
@@ -225,6 +298,26 @@ class Pipeline:
                     observe(frame_id, t_mono, res)
                 except Exception:  # an in-process observer must not stop the device
                     log.exception("pipeline observer failed on frame %d", frame_id)
+
+    async def _model_failed(self, e: Exception) -> None:
+        st = self.stats
+        st.inference_errors += 1
+        st.consecutive_errors += 1
+        st.error = f"inference failed: {e}"
+        if st.consecutive_errors in (1, self.max_consecutive_errors):
+            log.error("inference failed (%d in a row): %r", st.consecutive_errors, e)
+        if st.consecutive_errors < self.max_consecutive_errors:
+            return
+        replaced = self.on_model_failure is not None and await self.on_model_failure(e, st.consecutive_errors)
+        if not replaced:
+            raise ModelFailed(f"the detector failed {st.consecutive_errors} invokes in a row ({e})") from e
+        st.consecutive_errors = 0
+        st.model_switches += 1
+        st.error = None
+
+    def run_on_worker(self, fn: Callable[[], T]) -> Awaitable[T]:
+        """Run ``fn`` on the analysis thread (after the frame being analysed, never beside it)."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     @property
     def measuring(self) -> bool:

@@ -91,16 +91,17 @@ class RingBuffer:
         self._first_kept = self._next_seq
         return n
 
-    def expire(self, before: float) -> int:
-        """Zero and forget the oldest records whose ``t_wall`` is before ``before`` (retention).
+    def expire(self, before: float, field: str = "t_wall") -> int:
+        """Zero and forget the oldest records whose ``field`` (a time) is before ``before`` (retention).
 
-        Records are appended in wall-clock order, so the expired ones are a prefix; stops at the
-        first record that is new enough. Returns how many were dropped."""
+        Records are appended in time order (use a monotonic ``field``: a wall clock can jump), so
+        the expired ones are a prefix; stops at the first record that is new enough. Returns how
+        many were dropped."""
         first, last = self.oldest_seq, self.newest_seq
         if last < first:
             return 0
         idx = np.arange(first, last + 1, dtype=np.int64) % self._capacity
-        t = self._data["t_wall"][idx]
+        t = self._data[field][idx]
         keep = np.flatnonzero(t >= before)
         n = len(idx) if not len(keep) else int(keep[0])
         if n:
@@ -108,15 +109,15 @@ class RingBuffer:
             self._first_kept = first + n
         return n
 
-    def purge_since(self, t: float) -> int:
-        """Zero every record whose ``t_wall`` is at or after ``t`` (an opt-out's look-back).
+    def purge_since(self, t: float, field: str = "t_wall") -> int:
+        """Zero every record whose ``field`` is at or after ``t`` (an opt-out's look-back).
 
         The purged records become holes: reads skip them, sequence numbers keep counting."""
         first, last = self.oldest_seq, self.newest_seq
         if last < first:
             return 0
         idx = np.arange(first, last + 1, dtype=np.int64) % self._capacity
-        hit = idx[(self._data["t_wall"][idx] >= t) & (self._data["seq"][idx] != 0)]
+        hit = idx[(self._data[field][idx] >= t) & (self._data["seq"][idx] != 0)]
         self._data[hit] = self._zero
         return len(hit)
 
@@ -149,12 +150,12 @@ class RingBuffer:
             return Slice(recs, cursor=int(recs["seq"][-1]), lost=lost, more=True)
         return Slice(recs, cursor=max(cursor, self.newest_seq), lost=lost, more=False)
 
-    def between(self, t0: float, t1: float, limit: int) -> Slice:
-        """Records with ``t0 <= t_wall < t1`` (wall clock), at most ``limit``, oldest first."""
+    def between(self, t0: float, t1: float, limit: int, field: str = "t_wall") -> Slice:
+        """Records with ``t0 <= field < t1``, at most ``limit``, oldest first."""
         if limit < 1:
             raise ValueError("limit must be >= 1")
         recs = self._take(self.oldest_seq, self.newest_seq)
-        t = recs["t_wall"]
+        t = recs[field]
         sel = recs[(t >= t0) & (t < t1)]
         more = len(sel) > limit
         sel = sel[:limit]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -43,10 +44,19 @@ class Camera(ABC):
     #: that wait to be read (replay as fast as possible).
     live: bool = True
 
+    #: Every frame has the same size (a sensor, a video): a frame of another size is short or
+    #: torn and counts as a read failure. False for sources of mixed sizes (an image folder).
+    fixed_size: bool = True
+
+    #: How long close() waits for a hung backend thread to let go after _interrupt().
+    hung_join_s: float = 2.0
+
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._next_id = 1
         self._executor: ThreadPoolExecutor | None = None
+        self._hung: asyncio.Future[Any] | None = None  # a read that timed out and still runs
+        self._shape: tuple[int, ...] | None = None  # the first frame's shape since open
         self.description = type(self).__name__
 
     async def _in_thread(self, fn: Callable[[], T]) -> T:
@@ -60,12 +70,27 @@ class Camera(ABC):
         except CuecamError:
             raise
         except Exception as e:  # a backend library failing in its own way
-            raise CameraError(f"{self.description}: cannot open: {e}") from e
+            raise CameraError(f"{self.description}: cannot open: {e}", kind="open") from e
 
-    async def read(self) -> Frame | None:
-        """The next frame, or None at the end of a finite source."""
+    async def read(self, limit_s: float | None = None) -> Frame | None:
+        """The next frame, or None at the end of a finite source. A read that takes longer than
+        ``limit_s`` seconds is a hung camera: CameraError (close() then unblocks the backend)."""
+        if self._hung is not None:
+            raise CameraError(f"{self.description}: a previous read is still hung; close and reopen the camera")
+        fut = asyncio.ensure_future(self._in_thread(self._read))
         try:
-            got = await self._in_thread(self._read)
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # arrives as the read completes, and the pipeline would then never stop
+            done, _ = await asyncio.wait({fut}, timeout=limit_s)
+        except asyncio.CancelledError:
+            fut.add_done_callback(_swallow)
+            raise
+        if not done:
+            self._hung = fut
+            fut.add_done_callback(_swallow)
+            raise CameraError(f"{self.description}: no frame within {limit_s:g} s (camera hung)", kind="hang")
+        try:
+            got = fut.result()
         except CuecamError:
             raise
         except Exception as e:
@@ -73,23 +98,64 @@ class Camera(ABC):
         if got is None:
             return None
         image, t, truth = got
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise CameraError(f"{self.description}: backend returned {image.dtype} {image.shape}, not RGB uint8")
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise CameraError(f"{self.description}: backend returned {getattr(image, 'dtype', type(image).__name__)} "
+                              f"{getattr(image, 'shape', '')}, not RGB uint8", kind="frame")
+        if image.shape[0] < 16 or image.shape[1] < 16:
+            raise CameraError(f"{self.description}: frame {image.shape[1]}x{image.shape[0]} is too small", kind="frame")
+        if self._shape is None or not self.fixed_size:
+            self._shape = image.shape  # kept across reopenings: the stream's size does not change
+        elif image.shape != self._shape:  # a short or torn frame: the stream is out of step
+            raise CameraError(f"{self.description}: frame {image.shape[1]}x{image.shape[0]} after "
+                              f"{self._shape[1]}x{self._shape[0]} frames (short or torn frame)", kind="frame")
+        if t is not None and not np.isfinite(t):
+            raise CameraError(f"{self.description}: backend returned timestamp {t}", kind="frame")
         frame = Frame(self._next_id, self._clock() if t is None else t, image, truth)
         self._next_id += 1
         return frame
 
     async def close(self) -> None:
-        """Release the device and join the camera thread. Never raises."""
-        if self._executor is None:
+        """Release the device and join the camera thread. Never raises.
+
+        After a hung read the backend's ``_interrupt`` is called (from the event loop) to unblock
+        it; once the read has let go, ``_close`` runs on the camera thread as usual. A read that
+        does not let go within ``hung_join_s`` is abandoned: its thread ends when the read does,
+        and ``_close`` runs on a daemon thread so that it cannot hold up the process's exit."""
+        ex = self._executor
+        if ex is None:
             return
+        hung, self._hung = self._hung, None
         try:
+            if hung is not None:
+                try:
+                    self._interrupt()
+                except Exception as e:
+                    log.warning("%s: interrupting a hung read failed: %s", self.description, e)
+                done, _ = await asyncio.wait({hung}, timeout=self.hung_join_s)
+                if not done:
+                    log.warning("%s: the camera thread is still blocked %.1f s after close; abandoned",
+                                self.description, self.hung_join_s)
+                    self._executor = None
+                    ex.shutdown(wait=False, cancel_futures=True)
+                    threading.Thread(target=self._close_quietly, name="cuecam-camera-close", daemon=True).start()
+                    return
             await self._in_thread(self._close)
         except Exception as e:  # shutdown must not raise
             log.warning("%s: error while closing: %s", self.description, e)
         finally:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+            if self._executor is ex:
+                self._executor = None
+                ex.shutdown(wait=True)
+
+    def _close_quietly(self) -> None:
+        try:
+            self._close()
+        except Exception as e:
+            log.warning("%s: error while closing: %s", self.description, e)
+
+    def _interrupt(self) -> None:  # noqa: B027 - optional hook
+        """Called from another thread when a read hangs: make the blocked ``_read`` return or raise
+        (e.g. stop the device). Default: nothing; the hung thread then ends when the read does."""
 
     @abstractmethod
     def _open(self) -> None:
@@ -102,6 +168,11 @@ class Camera(ABC):
     @abstractmethod
     def _close(self) -> None:
         """Release everything _open acquired."""
+
+
+def _swallow(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved: a hung read that finally failed is not "never retrieved"
 
 
 class Pacer:

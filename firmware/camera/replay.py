@@ -47,6 +47,7 @@ class ReplayCamera(Camera):
             if len(imgs) > MAX_IMAGES:
                 raise CameraError(f"replay folder {src} has {len(imgs)} images; the cap is {MAX_IMAGES}")
             self._images = imgs
+            self.fixed_size = False  # a folder may hold images of any size
             fps = self.cfg.fps or DEFAULT_FPS
         else:
             cap = cv2.VideoCapture(str(src))

@@ -146,8 +146,8 @@ async def vectors(request: web.Request) -> web.Response:
 async def aggregates_handler(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     q = parse_query(request, AGGREGATE_PARAMS)
-    now = svc.wall()
-    recs = svc.vectors.between(now - q["window"], now + 1.0, svc.vectors.capacity).records
+    now, mono = svc.wall(), svc.now()  # the window on the monotonic clock: a wall-clock jump moves nothing
+    recs = svc.vectors.between(mono - q["window"], mono + 1.0, svc.vectors.capacity, field="t_mono").records
     zones = [(z.name, z.kind) for z in svc.config.zones]
     return json_response({"schema": SCHEMA, "window_s": q["window"], "until": round(now, 3),
                           "k_anonymity": svc.config.privacy.k_anonymity,
@@ -259,6 +259,12 @@ class _ServiceCollector:
             ("cuecam_inference_errors", "Frames whose inference failed.", st.inference_errors),
             ("cuecam_vectors", "Sentiment vectors produced.", st.vectors),
             ("cuecam_pose_invokes", "Pose model invocations.", st.pose_invokes),
+            ("cuecam_camera_failures", "Camera reads or reopenings that failed (raised, hung, bad frame).",
+             st.camera_failures),
+            ("cuecam_camera_restarts", "Camera reopenings after a failure.", st.camera_restarts),
+            ("cuecam_model_switches", "Switches to the CPU fallback model after the model failed.", st.model_switches),
+            ("cuecam_frames_thermal_skipped", "Frames not analysed to cool the SoC down.", st.frames_thermal_skipped),
+            ("cuecam_watchdog_pings", "systemd watchdog pings sent.", svc.watchdog_pings),
         ):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
@@ -275,13 +281,19 @@ class _ServiceCollector:
             ("cuecam_buffer_capacity", "Ring buffer capacity in vectors.", svc.vectors.capacity),
             ("cuecam_uptime_seconds", "Seconds since the service started.", svc.uptime()),
             ("cuecam_healthy", "1 when /health says ok.", 1.0 if svc.health()[0] else 0.0),
+            ("cuecam_thermal_hot", "1 while the frame rate is lowered for heat.", 1.0 if svc.thermal.hot else 0.0),
         )
+        reading = svc.thermal.reading
+        if reading is not None and reading.temp_c is not None:
+            gauges += (("cuecam_soc_temperature_celsius", "SoC temperature.", reading.temp_c),)
+        if reading is not None and reading.throttled is not None:
+            gauges += (("cuecam_throttled_flags", "The firmware's get_throttled bits.", float(reading.throttled)),)
         for gname, gdoc, gvalue in gauges:
             gg = GaugeMetricFamily(gname, gdoc)
             gg.add_metric([], gvalue)
             yield gg
         info = GaugeMetricFamily("cuecam_info", "Build and board.", labels=["version", "board", "kind", "model"])
-        info.add_metric([__version__, svc.config.board.name, svc.config.board.kind, svc.detector_name], 1.0)
+        info.add_metric([__version__, svc.config.board.name, svc.config.board.kind, svc.detector_name or ""], 1.0)
         yield info
 
 

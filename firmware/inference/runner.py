@@ -75,6 +75,7 @@ class ModelRunner:
         load_delegate: Callable[[str], Any] | None = None,
     ) -> None:
         self.model = model
+        self.delegate = delegate
         self.runtime, mod = import_runtime(runtime)
         delegates = []
         if model.entry.accelerator == "edgetpu" and delegate != "edgetpu":

@@ -32,7 +32,7 @@ class FrameResult:
 
 
 class FrameAnalyzer:
-    def __init__(self, cfg: Config, detector: Detector, pose: PoseEstimator | None) -> None:
+    def __init__(self, cfg: Config, detector: Detector | None, pose: PoseEstimator | None) -> None:
         self.cfg = cfg
         self.detector = detector
         self.pose = pose if cfg.signals.pose != "off" else None
@@ -59,6 +59,8 @@ class FrameAnalyzer:
             self._size = (w, h)
             self.engine = SignalEngine(self.cfg.signals, ZoneMap(self.cfg.zones, self.cfg.ground_plane, w, h),
                                        self.cfg.privacy.token_rotation_s)
+        if self.detector is None:
+            raise RuntimeError("no detector loaded")
         dets = self.detector.detect(image)
         model_ms = dets.infer_ms
         scale = np.array([w, h, w, h], dtype=np.float64)

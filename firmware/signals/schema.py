@@ -21,6 +21,7 @@ VECTOR_DTYPE = np.dtype(
     [
         ("seq", "u8"),
         ("t_wall", "f8"),  # wall clock at the window's end (epoch seconds)
+        ("t_mono", "f8"),  # the board's monotonic clock at the window's end: retention, windows
         ("t_start", "f8"),  # window start on the frame timeline (monotonic seconds)
         ("t_end", "f8"),
         ("token", "S32"),  # 128 random bits, hex
@@ -44,9 +45,10 @@ def _nan(v: float | None) -> float:
     return math.nan if v is None else v
 
 
-def record_fields(v: Vector, t_wall_end: float) -> dict[str, Any]:
+def record_fields(v: Vector, t_wall_end: float, t_mono_end: float) -> dict[str, Any]:
     return {
         "t_wall": t_wall_end,
+        "t_mono": t_mono_end,
         "t_start": v.t_start,
         "t_end": v.t_end,
         "token": v.token.encode("ascii"),

@@ -1,0 +1,249 @@
+"""Faults a board really has: the camera raising, hanging or returning garbage or short frames;
+models missing, corrupt, of the wrong signature or on an accelerator that is gone. The real
+pipeline, the real SSD model and the real aiohttp server on loopback; the camera faults come
+from firmware.camera.faults.FaultyCamera wrapped around the real synthetic camera."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient, TestServer
+
+from firmware.app import Service, build_service, load_models
+from firmware.camera import create_camera
+from firmware.camera.faults import FAULT_KINDS, FaultyCamera
+from firmware.http.app import build_app
+from tests.conftest import MODELS_DIR, sim_config
+
+TOKEN = "faults-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FAULTS = 100
+
+
+def _config(tmp_path: Path, **over):
+    base = {
+        "camera": {"type": "synthetic", "size": [320, 240], "people": 2, "pacing": "fast"},
+        "signals": {"pose": "off"},
+        "privacy": {"audit_log": str(tmp_path / "audit.jsonl"), "optout": {"pins": "none"}},
+        "health": {"camera_timeout_s": 0.15, "backoff_s": 0.001, "backoff_max_s": 0.004, "stall_s": 5.0},
+        "thermal": {"sensor": "none"},
+    }
+    for k, v in over.items():
+        base[k] = {**base.get(k, {}), **v}
+    return sim_config(base)
+
+
+def _service(loaded, plan) -> tuple[Service, FaultyCamera]:
+    detector, pose, problem = load_models(loaded)
+    assert problem is None
+    cam = FaultyCamera(create_camera(loaded), plan, hang_max_s=30.0)
+    return Service(loaded, camera=cam, detector=detector, pose=pose), cam
+
+
+async def _until(cond, seconds: float = 60.0, step: float = 0.01) -> None:
+    for _ in range(int(seconds / step)):  # bounded
+        if cond():
+            return
+        await asyncio.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def _resources() -> tuple[int, int, int]:
+    return threading.active_count(), len(os.listdir("/proc/self/fd")), len(asyncio.all_tasks())
+
+
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+async def test_each_camera_fault_kind_100_times_recovers_every_time_and_leaks_nothing(models_dir, tmp_path, kind):
+    armed = {"on": False, "left": FAULTS}
+
+    def plan(n: int):
+        if armed["on"] and armed["left"] > 0 and n % 2 == 0:  # every other read, so a frame follows each fault
+            armed["left"] -= 1
+            return kind
+        return None
+
+    svc, cam = _service(_config(tmp_path), plan)
+    await cam.open()
+    await svc.start()
+    try:
+        st = svc.pipeline.stats
+        await _until(lambda: st.frames_processed >= 5)
+        before = _resources()
+        armed["on"] = True
+        await _until(lambda: armed["left"] == 0 and st.state == "running" and st.camera_recoveries >= FAULTS)
+        processed = st.frames_processed
+        await _until(lambda: st.frames_processed >= processed + 5)
+        assert cam.injected[kind] == FAULTS
+        expected_kind = {"raise": "read", "hang": "hang", "garbage": "frame", "short": "frame"}[kind]
+        assert st.camera_faults.get(expected_kind, 0) >= FAULTS
+        assert st.camera_recoveries == st.camera_failures >= FAULTS
+        assert st.camera_restarts == st.camera_failures
+        assert svc.health() == (True, None)
+        after = _resources()
+        print(f"\ncamera fault {kind}: injected {cam.injected[kind]}, recoveries {st.camera_recoveries}, "
+              f"threads/fds/tasks before {before} after {after}")
+        assert after == before, (before, after)
+    finally:
+        t = asyncio.create_task(svc.stop())
+        done, _ = await asyncio.wait({t}, timeout=15)
+        if not done:
+            for task in asyncio.all_tasks():
+                task.print_stack()
+            raise AssertionError("stop hung")
+
+
+async def test_health_is_degraded_with_the_reason_while_the_camera_restarts_then_ok(models_dir, tmp_path):
+    failing = {"on": False}
+    loaded = _config(tmp_path, health={"backoff_s": 0.01, "backoff_max_s": 0.08})
+    svc, cam = _service(loaded, lambda n: "raise" if failing["on"] else None)
+    await cam.open()
+    server = TestServer(build_app(svc, _token()), host="127.0.0.1")
+    async with TestClient(server) as c:
+        st = svc.pipeline.stats
+        await _until(lambda: st.frames_processed >= 3)
+        assert (await c.get("/health")).status == 200
+        failing["on"] = True
+        await _until(lambda: st.camera_failures >= 8)
+        r = await c.get("/health")
+        body = await r.json()
+        assert r.status == 503 and body["status"] == "degraded"
+        assert body["reason"].startswith("camera: ") and "injected fault" in body["reason"] and "restarting" in body["reason"]
+        assert st.next_restart_s == pytest.approx(0.08)  # doubled from 0.01 and capped
+        status = await (await c.get("/v1/status", headers=AUTH)).json()
+        assert status["camera"]["state"] == "restarting" and status["camera"]["failures"] >= 8
+        failing["on"] = False
+        await _until(lambda: st.state == "running" and svc.health()[0])
+        body = await (await c.get("/health")).json()
+        assert body["status"] == "ok" and body["reason"] is None
+        metrics = await (await c.get("/metrics", headers=AUTH)).text()
+        assert "cuecam_camera_failures_total" in metrics and "cuecam_camera_restarts_total" in metrics
+
+
+def _token():
+    from firmware.http.auth import Token
+
+    return Token(TOKEN, "test")
+
+
+# -- models -------------------------------------------------------------------------------------
+def _models_copy(tmp_path: Path) -> Path:
+    d = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, d)
+    return d
+
+
+async def _degraded_client(tmp_path: Path, models: Path, **over) -> TestClient:
+    loaded = _config(tmp_path, inference={"models_dir": str(models), **over.pop("inference", {})}, **over)
+    svc, token = await build_service(loaded, token_env={"CUECAM_API_TOKEN": TOKEN})
+    c = TestClient(TestServer(build_app(svc, token), host="127.0.0.1"))
+    await c.start_server()
+    c.svc = svc  # type: ignore[attr-defined]
+    return c
+
+
+def _break_missing(models: Path) -> str:
+    (models / "coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite").unlink()
+    return ": missing; get it from the shared assets"
+
+
+def _break_corrupt(models: Path) -> str:
+    f = models / "coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = os.urandom(64)
+    f.write_bytes(bytes(data))
+    return "sha256"
+
+
+def _break_signature(models: Path) -> str:
+    # the detector's manifest entry points at the MoveNet file (with its real checksum): the
+    # file verifies, but its input and outputs are not the SSD's
+    m = yaml.safe_load((models / "manifest.yaml").read_text())
+    m["models"]["ssd_mobilenet_v1"]["file"] = "movenet_single_pose_lightning_ptq.tflite"
+    (models / "manifest.yaml").write_text(yaml.safe_dump(m))
+    return "input is [1, 192, 192, 3]"
+
+
+@pytest.mark.parametrize("breaker", [_break_missing, _break_corrupt, _break_signature], ids=["missing", "corrupt", "signature"])
+async def test_a_bad_model_leaves_the_api_up_and_degraded_with_the_reason(models_dir, tmp_path, breaker):
+    models = _models_copy(tmp_path)
+    expect = breaker(models)
+    c = await _degraded_client(tmp_path, models)
+    try:
+        svc = c.svc
+        r = await c.get("/health")
+        body = await r.json()
+        assert r.status == 503 and body["status"] == "degraded"
+        assert body["reason"].startswith("model: detector ssd_mobilenet_v1") and expect in body["reason"]
+        assert "no inference.fallback_model configured" in body["reason"]
+        status = await (await c.get("/v1/status", headers=AUTH)).json()
+        assert status["model"]["name"] is None and expect in status["model"]["problem"]
+        assert status["systemd"]["alive"] is True  # degraded on purpose: no watchdog restart loop
+        assert (await c.get("/v1/vectors", headers=AUTH)).status == 200
+        assert (await c.get("/metrics", headers=AUTH)).status == 200
+        assert svc.pipeline.stats.frames_processed == 0
+    finally:
+        await c.close()
+
+
+async def test_edge_tpu_that_will_not_load_switches_to_the_cpu_fallback(models_dir, tmp_path):
+    c = await _degraded_client(tmp_path, MODELS_DIR, inference={"delegate": "edgetpu", "fallback_model": "ssd_mobilenet_v1"})
+    try:
+        svc = c.svc
+        await _until(lambda: svc.pipeline.stats.frames_processed >= 3)
+        body = await (await c.get("/health")).json()
+        assert body["status"] == "degraded" and "libedgetpu.so.1" in body["reason"]
+        assert "running the CPU fallback ssd_mobilenet_v1" in body["reason"]
+        status = await (await c.get("/v1/status", headers=AUTH)).json()
+        assert status["model"]["delegate"] == "cpu" and status["model"]["name"] == "ssd_mobilenet_v1"
+    finally:
+        await c.close()
+
+
+class _Unplugged:
+    """The interpreter of an Edge TPU that was pulled out: every invoke raises, as libedgetpu does."""
+
+    def __init__(self, interp) -> None:
+        self._interp = interp
+
+    def invoke(self) -> None:
+        raise RuntimeError("Failed to invoke: USB transfer error 2 [LibUsbDataOutCallback]")
+
+    def __getattr__(self, name):
+        return getattr(self._interp, name)
+
+
+@pytest.mark.parametrize("fallback", [True, False], ids=["fallback", "no-fallback"])
+async def test_an_accelerator_dying_mid_run_switches_to_the_fallback_or_degrades(models_dir, tmp_path, fallback):
+    inf = {"fallback_model": "ssd_mobilenet_v1"} if fallback else {}
+    c = await _degraded_client(tmp_path, MODELS_DIR, inference=inf)
+    try:
+        svc = c.svc
+        st = svc.pipeline.stats
+        await _until(lambda: st.frames_processed >= 3)
+        assert svc.health() == (True, None)
+        dead = svc.detector
+        dead.runner._interp = _Unplugged(dead.runner._interp)  # unplugged mid-run
+        if fallback:
+            await _until(lambda: st.model_switches == 1)
+            n = st.frames_processed
+            await _until(lambda: st.frames_processed >= n + 3)
+            assert svc.detector is not dead and st.inference_errors == 3
+            reason = (await (await c.get("/health")).json())["reason"]
+            assert "failed 3 invokes in a row" in reason and "USB transfer error" in reason
+            assert "running the CPU fallback ssd_mobilenet_v1" in reason
+        else:
+            await _until(lambda: st.state == "error")
+            r = await c.get("/health")
+            reason = (await r.json())["reason"]
+            assert r.status == 503 and reason.startswith("model: detector ssd_mobilenet_v1 failed 3 invokes in a row")
+            assert "no inference.fallback_model configured" in reason
+            assert svc.alive()[0]  # no crash loop: the API stays up, the watchdog stays fed
+            assert (await c.get("/v1/status", headers=AUTH)).status == 200
+    finally:
+        await c.close()
