@@ -19,11 +19,12 @@ TOKEN = "privacy-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def _client(overrides: dict, tmp_path, wall_clock=time.time) -> TestClient:
+async def _client(overrides: dict, tmp_path, wall_clock=time.time, clock=time.monotonic) -> TestClient:
     over = {"privacy": {"audit_log": str(tmp_path / "audit.jsonl")}}
     for k, v in overrides.items():
         over[k] = {**over.get(k, {}), **v} if isinstance(v, dict) else v
-    svc, token = await build_service(sim_config(over), token_env={"CUECAM_API_TOKEN": TOKEN}, wall_clock=wall_clock)
+    svc, token = await build_service(sim_config(over), token_env={"CUECAM_API_TOKEN": TOKEN}, wall_clock=wall_clock,
+                                     clock=clock)
     c = TestClient(TestServer(build_app(svc, token), host="127.0.0.1"))
     await c.start_server()
     c.svc = svc  # type: ignore[attr-defined]
@@ -129,18 +130,24 @@ async def test_optout_latency_over_many_presses(models_dir, vtest, tmp_path):
 
 
 async def test_nothing_older_than_the_retention_is_ever_served(models_dir, vtest, tmp_path):
+    # retention runs on the monotonic clock (a wall-clock jump must not expire anything early):
+    # both fake clocks advance 1 s per step while frames flow
     now = [1_800_000_000.0]
-    c = await _client({"privacy": {"retention_s": 10}, "camera": {"pacing": "fast"}}, tmp_path, wall_clock=lambda: now[0])
+    mono = [time.monotonic()]
+    c = await _client({"privacy": {"retention_s": 10}, "camera": {"pacing": "fast"}}, tmp_path, wall_clock=lambda: now[0],
+                      clock=lambda: mono[0])
     try:
         svc = c.svc
-        for step in range(40):  # the fake wall clock advances 1 s per step while frames flow
+        for step in range(40):
             await asyncio.sleep(0.05)
             now[0] += 1.0
+            mono[0] += 1.0
             await asyncio.sleep(0.3)  # > one retention tick (0.25 s)
             got = (await _get(c, "/v1/vectors?limit=1000"))["vectors"]
             assert all(v["window_end"] >= now[0] - 10 - 1 for v in got), step
         assert svc.expired > 0
-        assert all(svc.vectors.since(0, 10_000).records["t_wall"] >= now[0] - 11)
+        held = svc.vectors.since(0, 10_000).records
+        assert all(held["t_wall"] >= now[0] - 11) and all(held["t_mono"] >= mono[0] - 11)
     finally:
         await c.close()
 

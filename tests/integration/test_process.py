@@ -135,14 +135,49 @@ def test_corrupt_video_is_a_clear_error(models_dir, tmp_path, content):
     assert rc == 3 and str(bad) in err and ("cannot open" in err or "no decodable" in err)
 
 
-def test_edgetpu_board_without_an_edgetpu_says_what_to_do(models_dir, vtest, tmp_path):
+def test_edgetpu_board_without_an_edgetpu_serves_degraded_on_the_cpu_fallback(models_dir, vtest, tmp_path):
     cfg = (ROOT / "board_configs" / "rpi5-coral-usb.yaml").read_text()
     cfg = cfg.replace("/opt/cuecam/models", str(ROOT / "models"))
+    assert "\nprivacy:" not in cfg
+    cfg += f"privacy:\n  optout: {{pins: none}}\n  audit_log: {tmp_path / 'audit.jsonl'}\nota:\n  root: {tmp_path / 'ota'}\n"
     path = tmp_path / "coral.yaml"
     path.write_text(cfg)
-    rc, err = _fails(["--config", str(path), "--port", "0", "--source", str(vtest)])
-    assert rc == 3
-    assert "libedgetpu.so.1" in err and "libedgetpu1-std" in err
+    proc = _start("--config", str(path), "--port", "0", "--source", str(vtest))
+    try:
+        url = _wait_url(proc)
+        for _ in range(100):  # bounded: 10 s
+            code, status = _get(url + "/v1/status")
+            if status["frames"]["processed"] >= 2:
+                break
+            time.sleep(0.1)
+        assert status["model"]["name"] == "ssd_mobilenet_v1" and status["model"]["delegate"] == "cpu"
+        code, health = _get(url + "/health", token=None)
+        assert code == 503 and health["status"] == "degraded"
+        reason = health["reason"]
+        assert "libedgetpu.so.1" in reason and "libedgetpu1-std" in reason  # what to do
+        assert "running the CPU fallback ssd_mobilenet_v1" in reason and "pose off" in reason
+    finally:
+        rc, err = _stop(proc)
+    assert rc == 0 and "Traceback" not in err
+
+
+def test_a_corrupt_model_serves_degraded_instead_of_exiting(models_dir, vtest, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models)
+    f = models / "coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite"
+    f.write_bytes(f.read_bytes()[:100_000])
+    cfg = SIM_CONFIG.read_text().replace("models_dir: ../models", f"models_dir: {models}").replace("../", str(ROOT) + "/")
+    path = tmp_path / "board.yaml"
+    path.write_text(cfg)
+    proc = _start("--config", str(path), "--port", "0")
+    try:
+        url = _wait_url(proc)
+        code, health = _get(url + "/health", token=None)
+        assert code == 503 and health["reason"].startswith("model: detector ssd_mobilenet_v1") and str(f) in health["reason"]
+        assert _get(url + "/v1/status")[1]["model"]["problem"] is not None
+    finally:
+        rc, err = _stop(proc)
+    assert rc == 0 and "Traceback" not in err
 
 
 def test_board_without_a_token_says_where_to_put_it(models_dir, vtest, tmp_path):
