@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+from lap import lapjv  # Jonker-Volgenant; scipy.optimize would cost ~47 MiB of RSS on the board
 
 # -- Kalman filter on (cx, cy, aspect w/h, h) and their velocities per second -----------------
 _STD_POS = 1.0 / 20.0  # position noise relative to box height (ByteTrack's weights)
@@ -150,15 +150,19 @@ def _similarity(tracks: np.ndarray, dets: np.ndarray, gaps: np.ndarray, cfg: Tra
 
 
 def _assign(score: np.ndarray, min_score: float) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-    """Maximise total similarity; pairs below min_score are not matches."""
+    """Maximise the total similarity of the pairs at or above min_score (the others, and gated
+    pairs at -inf, are never matches; a track or detection may stay unmatched)."""
     n, m = score.shape
     if n == 0 or m == 0:
         return [], list(range(n)), list(range(m))
-    finite = np.isfinite(score)
-    if not finite.any():
+    ok = np.isfinite(score) & (score >= min_score)
+    if not ok.any():
         return [], list(range(n)), list(range(m))
-    rows, cols = linear_sum_assignment(np.where(finite, -score, 1e6))
-    pairs = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if score[r, c] >= min_score]
+    # Jonker-Volgenant with cost_limit: leaving a row and a column unmatched costs 0, so every
+    # allowed pair (cost -score < 0) beats it and a forbidden one (cost 1) never does
+    cost = np.where(ok, -score, 1.0).astype(np.float64)
+    _, x, _ = lapjv(np.ascontiguousarray(cost), extend_cost=True, cost_limit=1e-9)
+    pairs = [(r, int(c)) for r, c in enumerate(x) if 0 <= c < m and ok[r, c]]
     mr = {r for r, _ in pairs}
     mc = {c for _, c in pairs}
     return pairs, [r for r in range(n) if r not in mr], [c for c in range(m) if c not in mc]
