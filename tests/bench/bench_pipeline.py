@@ -9,6 +9,13 @@ machine does: loadavg_1m_start / _end are printed so that runs can be compared).
 a phase failed (its figures are then missing and ``<phase>_error`` says why) or the firmware
 process did not exit 0 on SIGTERM or printed a traceback.
 
+6. The Zero 2 W (512 MB) as a real process (``rss_zero2w_*``, ``zero2w_*``, ``watchdog_*``):
+   board_configs/rpi-zero2w.yaml (pose off) with the replay camera on vtest.avi instead of
+   picamera2 (``--source``), for ZERO2W_S seconds, with NOTIFY_SOCKET (an abstract socket this
+   script reads) and WATCHDOG_USEC set as systemd would. rss_zero2w_mib / _peak_mib: VmRSS and
+   VmHWM from /proc/PID/status at the end (target < 150 MiB); zero2w_ready_s: spawn -> READY=1;
+   watchdog_gap_*: between WATCHDOG=1 pings (expected every WATCHDOG_USEC / 2).
+
 1. Start-up of the real process: ``python -m firmware --config board_configs/sim.yaml --port 0``
    with CUECAM_API_TOKEN set to a random token (other CUECAM_* variables removed), realtime
    pacing as configured. Its URL is read from the ``cuecam: serving on`` line on its stdout.
@@ -178,6 +185,9 @@ OPTOUT_PRESSES = 1000
 OPTOUT_TARGET_MS = 250.0  # press -> paused and purged, p99
 OPTOUT_WAIT_S = 2.0  # per press, at most
 OPTOUT_GAP_S = 0.02  # measuring between presses
+ZERO2W_CONFIG = ROOT / "board_configs" / "rpi-zero2w.yaml"
+ZERO2W_S = 20.0  # the Zero 2 W process runs this long before its memory is read
+ZERO2W_WATCHDOG_USEC = 2_000_000  # WatchdogSec=2 s: pings expected every 1 s
 
 
 def progress(msg: str) -> None:
@@ -288,6 +298,74 @@ def measure_startup(token: str) -> dict[str, Any]:
             errlog.seek(0)
             if b"Traceback" in errlog.read():
                 out["process_traceback"] = "yes"  # a traceback on stderr, even with exit code 0
+    return out
+
+
+# -- 6. the Zero 2 W config as a real process: memory, READY, watchdog cadence -----------------------
+def measure_zero2w(token: str) -> dict[str, Any]:
+    """board_configs/rpi-zero2w.yaml (pose off, 3000-vector buffer) as ``python -m firmware`` with
+    the replay camera on vtest.avi (``--source``) instead of picamera2, the models from models/,
+    the API on 127.0.0.1:0 and no GPIO; NOTIFY_SOCKET is an abstract socket read here, with
+    WATCHDOG_USEC set. After ZERO2W_S seconds: VmRSS and VmHWM of the process from /proc."""
+    import itertools
+    import socket
+    import statistics
+
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = yaml.safe_load(ZERO2W_CONFIG.read_text())
+        cfg["inference"]["models_dir"] = str(ROOT / "models")
+        cfg["api"].update(host="127.0.0.1", token_file=f"{tmp}/token")
+        cfg["privacy"] = {"optout": {"pins": "none"}, "audit_log": f"{tmp}/audit.jsonl"}
+        cfg["ota"] = {"root": f"{tmp}/ota"}
+        path = Path(tmp) / "zero2w.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        name = f"cuecam-bench-{secrets.token_hex(6)}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind("\0" + name)
+        sock.settimeout(0.2)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CUECAM_", "NOTIFY_", "WATCHDOG_"))}
+        env.update({ENV_VAR: token, "NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": str(ZERO2W_WATCHDOG_USEC)})
+        t0 = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "firmware", "--config", str(path), "--port", "0",
+                                 "--source", str(VTEST)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        out: dict[str, Any] = {}
+        pings: list[float] = []
+        try:
+            while time.monotonic() - t0 < ZERO2W_S and proc.poll() is None:
+                try:
+                    msg = sock.recv(4096).decode()
+                except TimeoutError:
+                    continue
+                now = time.monotonic()
+                if "READY=1" in msg and "zero2w_ready_s" not in out:
+                    out["zero2w_ready_s"] = now - t0
+                    out["zero2w_ready_status"] = msg.split("STATUS=", 1)[-1]
+                if "WATCHDOG=1" in msg:
+                    pings.append(now)
+            if proc.poll() is not None:
+                raise RuntimeError(f"the firmware exited (code {proc.returncode}) during the Zero 2 W run")
+            fields = {ln.split(":")[0]: int(ln.split()[1]) for ln in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                      if ln.startswith(("VmRSS:", "VmHWM:"))}
+            out["rss_zero2w_mib"] = fields["VmRSS"] / 1024.0
+            out["rss_zero2w_peak_mib"] = fields["VmHWM"] / 1024.0
+            gaps = [b - a for a, b in itertools.pairwise(pings)]
+            if gaps:
+                out["watchdog_pings"] = len(pings)
+                out["watchdog_interval_s"] = ZERO2W_WATCHDOG_USEC / 2e6
+                out["watchdog_gap_median_s"] = statistics.median(gaps)
+                out["watchdog_gap_max_s"] = max(gaps)
+        finally:
+            sock.close()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                out["zero2w_exit_code"] = proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out["zero2w_exit_code"] = "killed"
     return out
 
 
@@ -703,6 +781,9 @@ ORDER = [
     "optout_inflight_p99_ms", "optout_firmware_ms_p50", "optout_firmware_ms_p99", "optout_frames_processed",
     "optout_frames_discarded", "optout_vectors_purged", "optout_audit_entries", "optout_audit_write_errors",
     "optout_s", "optout_error",
+    # 6. Zero 2 W process
+    "rss_zero2w_mib", "rss_zero2w_peak_mib", "zero2w_ready_s", "zero2w_ready_status", "watchdog_interval_s",
+    "watchdog_gap_median_s", "watchdog_gap_max_s", "watchdog_pings", "zero2w_exit_code", "zero2w_error",
     # environment
     "runtime", "model_runtime", "pose_model", "pose_budget", "threads", "process_threads", "cv2_threads", "cpus",
     "python", "opencv", "loadavg_1m_start", "loadavg_1m_end", "bench_s",
@@ -729,23 +810,28 @@ def main() -> int:
             results[f"{name}_error"] = f"{type(e).__name__}: {e}"
             progress(f"{name} failed: {type(e).__name__}: {e}")
 
-    progress("1/5 start-up: spawning python -m firmware --config board_configs/sim.yaml --port 0")
+    progress("1/6 start-up: spawning python -m firmware --config board_configs/sim.yaml --port 0")
     phase("startup", lambda: measure_startup(token))
     if results.get("process_exit_code") != 0 or "process_traceback" in results:
         failed = True
 
-    progress(f"2/5 pipeline: {PIPELINE_WARMUP} + {PIPELINE_FRAMES} frames, pacing fast, API on loopback")
+    progress(f"2/6 pipeline: {PIPELINE_WARMUP} + {PIPELINE_FRAMES} frames, pacing fast, API on loopback")
     phase("pipeline", lambda: asyncio.run(measure_pipeline(token)))
 
-    progress(f"3/5 vector latency: {REALTIME_S:.0f} s, pacing realtime, API on loopback")
+    progress(f"3/6 vector latency: {REALTIME_S:.0f} s, pacing realtime, API on loopback")
     phase("realtime", lambda: asyncio.run(measure_vector_latency(token)))
 
     ppf = results.get("pose_invokes_per_frame")
-    progress(f"4/5 models: {MODEL_INVOKES} frames of bare detector invokes + {ppf or 0:.2f} pose invokes each")
+    progress(f"4/6 models: {MODEL_INVOKES} frames of bare detector invokes + {ppf or 0:.2f} pose invokes each")
     phase("model", lambda: measure_model(ppf or 0.0))
 
-    progress(f"5/5 opt-out: {OPTOUT_PRESSES} presses of the mock button, pacing realtime, API on loopback")
+    progress(f"5/6 opt-out: {OPTOUT_PRESSES} presses of the mock button, pacing realtime, API on loopback")
     phase("optout", lambda: asyncio.run(measure_optout(token)))
+
+    progress(f"6/6 Zero 2 W: board_configs/rpi-zero2w.yaml as a process on the replay camera for {ZERO2W_S:.0f} s")
+    phase("zero2w", lambda: measure_zero2w(token))
+    if results.get("zero2w_exit_code") not in (0, None):
+        failed = True
 
     if "pipeline_fps" in results and "model_fps" in results:
         results["pipeline_vs_model_ratio"] = results["pipeline_fps"] / results["model_fps"]
