@@ -48,3 +48,30 @@ def test_edgetpu_runs_the_compiled_pose_model(models_dir):
     runner = ModelRunner(resolve_model("movenet_lightning_edgetpu", models_dir, manifest), delegate="edgetpu")
     (kp,) = runner.run(np.zeros((192, 192, 3), np.uint8))
     assert kp.shape == (1, 1, 17, 3)
+
+
+def test_the_pi_reports_its_soc_temperature_and_throttle_flags():
+    from pathlib import Path
+
+    from firmware.config import ThermalConfig
+    from firmware.thermal import create_sensor
+
+    cfg = ThermalConfig(sensor="auto")
+    if not Path(cfg.temp_path).exists():
+        pytest.skip(f"{cfg.temp_path} does not exist: not a Raspberry Pi")
+    reading = create_sensor(ThermalConfig(sensor="sysfs")).read()
+    assert reading is not None and reading.temp_c is not None and 10.0 < reading.temp_c < 100.0
+    if Path(cfg.throttled_path).exists():
+        assert reading.throttled is not None and reading.throttled >= 0
+
+
+async def test_a_picamera2_read_recovers_after_close_and_reopen():
+    pytest.importorskip("picamera2", reason="picamera2 only exists on Raspberry Pi OS")
+    cam = PicameraCamera(PicameraConfig(type="picamera2", resolution=[640, 480], lores=[320, 240], framerate=10.0))
+    for _ in range(3):  # what the pipeline does after a camera fault
+        await cam.open()
+        try:
+            frame = await cam.read(2.0)
+        finally:
+            await cam.close()
+        assert frame is not None and frame.image.shape == (240, 320, 3)
