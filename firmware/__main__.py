@@ -3,8 +3,8 @@
     python -m firmware [run] [--config FILE] [--source PATH] [--port N]
     python -m firmware --validate-config FILE [FILE ...]
 
-Exit codes: 0 ok, 2 bad config or arguments, 3 the board cannot start (model, camera, token,
-port), 130 interrupted.
+Exit codes: 0 ok, 2 bad config or arguments, 3 the board cannot start (camera, token, port,
+GPIO), 130 interrupted. A bad model does not stop it: the API comes up degraded with the reason.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ async def test_pings_keep_cadence_and_stop_when_the_loop_blocks_or_the_pipeline_
         "camera": {"type": "synthetic", "size": [320, 240], "people": 2, "pacing": "realtime", "fps": 20},
         "signals": {"pose": "off"},
         "privacy": {"audit_log": str(tmp_path / "audit.jsonl"), "optout": {"pins": "none"}},
-        "health": {"camera_timeout_s": 60, "stall_s": 0.6, "startup_grace_s": 5},
+        "health": {"camera_timeout_s": 60, "stall_s": 1.2, "startup_grace_s": 5},
         "thermal": {"sensor": "none"},
     })
     hang = {"on": False}
@@ -136,22 +136,21 @@ async def test_pings_keep_cadence_and_stop_when_the_loop_blocks_or_the_pipeline_
         gaps = _gaps(listener.times("WATCHDOG", since=t0))
         assert len(gaps) >= 10
         median = statistics.median(gaps)
-        assert 0.08 <= median <= 0.13 and max(gaps) < 0.25, gaps
+        assert 0.08 <= median <= 0.15 and max(gaps) < 0.4, gaps
         print(f"\nwatchdog in-process: ready after {t_ready - t_start:.2f} s, ping gap median {median * 1000:.0f} ms, "
               f"max {max(gaps) * 1000:.0f} ms over {len(gaps)} gaps")
         # a blocked event loop sends nothing
-        time.sleep(0.8)  # noqa: ASYNC251 - the point: block the loop
+        time.sleep(0.8)  # noqa: ASYNC251 - the point: block the loop (shorter than stall_s)
         t_unblocked = time.monotonic()
-        await asyncio.sleep(0.4)
+        await _until(lambda: listener.times("WATCHDOG", since=t_unblocked), 3)  # pings resume after
         ts = listener.times("WATCHDOG", since=t0)
         assert max(_gaps(ts)) >= 0.75
-        assert listener.times("WATCHDOG", since=t_unblocked)  # and pings resume after
         # a stalled pipeline (the camera hangs, no frame for health.stall_s): the pings stop
         hang["on"] = True
         t_hang = time.monotonic()
-        await asyncio.sleep(1.6)
+        await asyncio.sleep(2.4)
         stalled = listener.times("WATCHDOG", since=t_hang)
-        assert not stalled or max(stalled) < t_hang + 0.6 + 0.3, [round(t - t_hang, 2) for t in stalled]
+        assert not stalled or max(stalled) < t_hang + 1.2 + 0.3, [round(t - t_hang, 2) for t in stalled]
         ok, reason = svc.health()
         assert not ok and "no frame processed for" in reason
         statuses = [m["STATUS"] for _, m in listener.messages if "STATUS" in m]
@@ -186,7 +185,7 @@ def test_the_firmware_process_notifies_ready_pings_and_stops_pinging_when_frozen
         assert ready["STATUS"].startswith("ok;") and "fps" in ready["STATUS"]
         time.sleep(3.0)
         gaps = _gaps(lst.times("WATCHDOG", since=t_ready))
-        assert len(gaps) >= 4 and 0.4 <= statistics.median(gaps) <= 0.65 and max(gaps) < 0.9, gaps
+        assert len(gaps) >= 4 and 0.4 <= statistics.median(gaps) <= 0.65 and max(gaps) < 1.0, gaps
         proc.send_signal(signal.SIGSTOP)  # frozen: nothing runs, nothing is sent
         t_stop = time.monotonic()
         time.sleep(2.0)
