@@ -24,7 +24,7 @@ from aiohttp import web
 from . import __version__
 from .camera import Camera, create_camera
 from .config import LoadedConfig, ReplayCameraConfig
-from .errors import CuecamError, InferenceError, ModelError
+from .errors import CameraError, CuecamError, InferenceError, ModelError
 from .http.app import build_app
 from .http.auth import Token, load_token
 from .inference import Detector, create_detector
@@ -535,9 +535,21 @@ async def build_service(
         **({"env": token_env} if token_env is not None else {}),
     )
     camera = create_camera(loaded)
-    await camera.open()
+    open_error: CameraError | None = None
+    try:
+        await camera.open()
+    except CameraError as e:
+        if not camera.live or cfg.camera.type != "picamera2":
+            raise  # a replay source or scene that is not there: a setup mistake, said at once
+        # a board's sensor (ribbon cable loose, picamera2 missing): serve degraded, keep trying
+        log.error("camera: %s; the API comes up degraded and the camera is retried", e)
+        open_error = e
     svc = Service(loaded, camera=camera, detector=detector, pose=pose, model_problem=problem, wall_clock=wall_clock,
                   clock=clock, notifier=notifier)
+    if open_error is not None:
+        svc.pipeline.open_error = open_error
+        st = svc.pipeline.stats
+        st.state, st.error, st.camera_failures, st.camera_faults["open"] = "restarting", str(open_error), 1, 1
     try:
         svc.attach_signage()
     except CuecamError:

@@ -125,6 +125,8 @@ class Pipeline:
         self.restart = restart  # None: a camera failure stops the pipeline (state error)
         self.max_consecutive_errors = max_consecutive_errors
         self.on_model_failure: ModelFailureHandler | None = None
+        # The camera could not be opened at start (a live sensor): run() keeps reopening it.
+        self.open_error: CameraError | None = None
         # Thermal: at least this many seconds between analysed frames (0: as they come).
         self.min_interval_s = 0.0
         self._last_accepted: float | None = None
@@ -142,8 +144,9 @@ class Pipeline:
         self._was_closed = False
 
     async def run(self) -> None:
-        """Run until the source ends or the task is cancelled. The camera must already be open."""
-        self.stats.state = "running"
+        """Run until the source ends or the task is cancelled. The camera must already be open,
+        unless ``open_error`` says why it is not (it is then reopened with backoff first)."""
+        self.stats.state = "running" if self.open_error is None else "restarting"
         producer = asyncio.create_task(self._produce(), name="cuecam-capture")
         consumer = asyncio.create_task(self._consume(), name="cuecam-inference")
         try:
@@ -168,7 +171,13 @@ class Pipeline:
     async def _produce(self) -> None:
         pol = self.restart
         backoff = pol.backoff_s if pol else 0.0
+        failed = self.open_error  # the camera is closed after this failure: reopen it first
         while True:
+            if failed is not None and pol is not None:
+                failed = await self._reopen(failed, backoff)
+                backoff = min(backoff * 2, pol.backoff_max_s)
+                if failed is not None:
+                    continue
             await self._measuring.wait()
             try:
                 frame = await self.camera.read(pol.read_timeout_s if pol else None)
@@ -181,8 +190,7 @@ class Pipeline:
                     log.error("camera stopped: %s", e)
                     st.state = "error"
                     return
-                await self._reopen(e, backoff)
-                backoff = min(backoff * 2, pol.backoff_max_s)
+                failed = e
                 continue
             if frame is None:
                 self.stats.state = "ended"
@@ -211,11 +219,13 @@ class Pipeline:
             else:
                 await self._queue.put(frame)
 
-    async def _reopen(self, e: CameraError, delay: float) -> None:
-        """Close the failed camera, wait ``delay``, open it again (a failed open counts as a failure)."""
+    async def _reopen(self, e: CameraError, delay: float) -> CameraError | None:
+        """Close the failed camera, wait ``delay``, open it again. Returns the open's error, if
+        it failed (counted as a failure; the camera is left closed)."""
         st = self.stats
         st.state, st.next_restart_s = "restarting", delay
-        log.error("camera failed: %s; reopening in %.2f s", e, delay)
+        if st.camera_failures <= 10 or delay >= (self.restart.backoff_max_s if self.restart else 0):
+            log.error("camera failed: %s; reopening in %.2f s", e, delay)
         await self.camera.close()
         await asyncio.sleep(delay)
         try:
@@ -225,8 +235,9 @@ class Pipeline:
             st.camera_failures += 1
             st.camera_faults["open"] = st.camera_faults.get("open", 0) + 1
             await self.camera.close()
-            return
+            return e2
         st.camera_restarts += 1
+        return None
 
     async def _thermal_gate(self) -> bool:
         """Too hot: keep at most one frame per min_interval_s. A live source's extra frames are

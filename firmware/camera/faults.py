@@ -9,8 +9,9 @@ Fault kinds (what a camera really does on a bad day):
 - ``short``: the read returns a truncated frame (fewer rows than the stream's frames).
 
 ``plan`` maps a read number (1-based, counted across reopenings) to a fault kind, or a callable
-decides per read. Reads that are not faulted come from the wrapped backend, on the same camera
-thread, so everything else (pacing, timestamps, end of source) is the real backend's.
+decides per read; ``open_failures`` makes the next opens fail. Reads that are not faulted come
+from the wrapped backend, on the same camera thread, so everything else (pacing, timestamps,
+end of source) is the real backend's.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class FaultyCamera(Camera):
         plan: Mapping[int, FaultKind] | Callable[[int], FaultKind | None],
         *,
         hang_max_s: float = 60.0,
+        open_failures: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(clock=clock)
@@ -50,6 +52,7 @@ class FaultyCamera(Camera):
         self.reads = 0
         self.injected: dict[str, int] = {k: 0 for k in FAULT_KINDS}
         self.opens = 0
+        self.open_failures = open_failures  # the next this many opens fail (no camera on the bus)
         self._release = threading.Event()
 
     def _fault_for(self, n: int) -> FaultKind | None:
@@ -59,6 +62,9 @@ class FaultyCamera(Camera):
 
     def _open(self) -> None:
         self._release.clear()
+        if self.open_failures > 0:
+            self.open_failures -= 1
+            raise InjectedFault("injected open failure: no camera found")
         self.inner._open()
         self.fixed_size = self.inner.fixed_size
         self.opens += 1

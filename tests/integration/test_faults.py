@@ -35,7 +35,8 @@ def _config(tmp_path: Path, **over):
         "thermal": {"sensor": "none"},
     }
     for k, v in over.items():
-        base[k] = {**base.get(k, {}), **v}
+        replace = k == "camera" and v.get("type", base[k]["type"]) != base[k]["type"]
+        base[k] = v if replace else {**base.get(k, {}), **v}
     return sim_config(base)
 
 
@@ -247,3 +248,37 @@ async def test_an_accelerator_dying_mid_run_switches_to_the_fallback_or_degrades
             assert (await c.get("/v1/status", headers=AUTH)).status == 200
     finally:
         await c.close()
+
+
+async def test_a_board_camera_missing_at_start_serves_degraded_and_is_retried_with_backoff(models_dir, tmp_path):
+    # picamera2 does not exist here: exactly what a board with a broken install or no camera sees
+    loaded = _config(tmp_path, camera={"type": "picamera2"}, health={"backoff_s": 0.01, "backoff_max_s": 0.04})
+    svc, token = await build_service(loaded, token_env={"CUECAM_API_TOKEN": TOKEN})
+    async with TestClient(TestServer(build_app(svc, token), host="127.0.0.1")) as c:
+        st = svc.pipeline.stats
+        await _until(lambda: st.camera_failures >= 5)
+        r = await c.get("/health")
+        reason = (await r.json())["reason"]
+        assert r.status == 503 and reason.startswith("camera: ") and "picamera2 is not importable" in reason
+        assert st.state == "restarting" and st.camera_faults["open"] == st.camera_failures
+        assert st.next_restart_s == pytest.approx(0.04)
+        status = await (await c.get("/v1/status", headers=AUTH)).json()
+        assert status["camera"]["state"] == "restarting" and status["camera"]["faults"]["open"] >= 5
+
+
+async def test_a_camera_that_comes_back_after_failed_opens_recovers(models_dir, tmp_path):
+    from firmware.errors import CameraError
+
+    loaded = _config(tmp_path)
+    detector, pose, _ = load_models(loaded)
+    cam = FaultyCamera(create_camera(loaded), {}, open_failures=4)
+    svc = Service(loaded, camera=cam, detector=detector, pose=pose)
+    svc.pipeline.open_error = CameraError("no camera 0 found", kind="open")  # as build_service hands it over
+    await svc.start()
+    try:
+        st = svc.pipeline.stats
+        await _until(lambda: st.frames_processed >= 3)
+        assert st.camera_faults == {"open": 4} and st.camera_restarts == 1 and st.camera_recoveries == 1
+        assert svc.health() == (True, None)
+    finally:
+        await svc.stop()
