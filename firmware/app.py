@@ -26,7 +26,9 @@ from .camera import Camera, create_camera
 from .config import LoadedConfig, ReplayCameraConfig
 from .errors import CameraError, CuecamError, InferenceError, ModelError
 from .http.app import build_app
-from .http.auth import Token, load_token
+from .http.auth import Token, check_bind, load_token
+from .http.guard import DeviceRunner
+from .http.tls import server_context
 from .inference import Detector, create_detector
 from .inference.pose import PoseEstimator, create_pose_estimator
 from .models import load_manifest
@@ -567,16 +569,21 @@ async def serve(loaded: LoadedConfig, *, port: int | None = None, ready: Callabl
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = build_app(svc, token)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = DeviceRunner(app, cfg.api, handle_signals=False, access_log=None)
     try:
+        check_bind(cfg.api.host, token)  # no default or weak credentials on the network
+        tls = cfg.api.tls
+        ssl_ctx = None if tls is None else server_context(loaded.resolve(tls.cert), loaded.resolve(tls.key))
+        scheme = "http" if ssl_ctx is None else "https"
         await runner.setup()
-        site = web.TCPSite(runner, cfg.api.host, cfg.api.port if port is None else port, reuse_address=True)
+        site = web.TCPSite(runner, cfg.api.host, cfg.api.port if port is None else port, reuse_address=True,
+                           ssl_context=ssl_ctx)
         await site.start()
         addrs = runner.addresses
         host, bound_port = addrs[0][0], addrs[0][1]
-        url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}"
+        url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{bound_port}"
         loopback = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else url.split("//")[1].rsplit(":", 1)[0])
-        svc.api_url = f"http://{loopback}:{bound_port}"
+        svc.api_url = f"{scheme}://{loopback}:{bound_port}"
         log.info("cuecam %s on board %s (%s), model %s via %s", __version__, cfg.board.name, cfg.board.kind,
                  svc.detector_name, None if svc.detector is None else svc.detector.runner.runtime)
         hint = "generated at first run" if token.generated else "from"

@@ -117,12 +117,34 @@ class BufferConfig(_Strict):
     capacity: int = Field(default=6000, ge=16, le=200_000)
 
 
+class TlsConfig(_Strict):
+    """The device certificate and its private key (PEM), created by `cuecam provision`."""
+
+    cert: str = Field(min_length=1, max_length=4096)
+    key: str = Field(min_length=1, max_length=4096)
+
+
+class RateLimitConfig(_Strict):
+    """Per client address: a token bucket of ``burst`` requests refilled at ``per_s``; beyond it, 429."""
+
+    per_s: float = Field(default=20.0, gt=0, le=100_000)
+    burst: int = Field(default=60, ge=1, le=1_000_000)
+
+
 class ApiConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     token_file: str = Field(default="/etc/cuecam/api-token", min_length=1, max_length=4096)
     generate_token: bool = False
     max_limit: int = Field(default=1000, ge=1, le=10_000)
+    tls: TlsConfig | None = None  # https with the device certificate; paths relative to this file
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    # A connection that has not delivered a complete request (headers) this long after it opened or
+    # after its last response is closed: idle keep-alive, slow headers, half-open peers.
+    idle_timeout_s: float = Field(default=15.0, ge=1, le=600)
+    # Body read + handler + response write of one request (POST /v1/ota: per chunk instead).
+    request_timeout_s: float = Field(default=30.0, ge=1, le=600)
+    max_connections: int = Field(default=64, ge=1, le=4096)
 
     @field_validator("host")
     @classmethod
@@ -132,6 +154,13 @@ class ApiConfig(_Strict):
         except ValueError as e:
             raise ValueError(f"host must be an IP address such as 127.0.0.1 or 0.0.0.0, not {v!r}") from e
         return v
+
+    @model_validator(mode="after")
+    def _generated_only_on_loopback(self) -> ApiConfig:
+        if self.generate_token and not ipaddress.ip_address(self.host).is_loopback:
+            raise ValueError("generate_token is for loopback-only sim boards: a board serving the network "
+                             "needs a provisioned token (`cuecam provision`)")
+        return self
 
 
 Point = Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_length=2, max_length=2)]
@@ -305,6 +334,9 @@ class OtaConfig(_Strict):
     max_bundle_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, le=2 * 1024 * 1024 * 1024)
     health_timeout_s: float = Field(default=60.0, ge=5, le=900)  # a trial must be healthy within this
     max_boot_attempts: int = Field(default=3, ge=1, le=10)
+    # POST /v1/ota/pull fetches only from these hosts (the gateway: IP addresses or names, compared
+    # literally) and from loopback; redirects are not followed.
+    pull_hosts: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=16)] = []
 
 
 class Config(_Strict):

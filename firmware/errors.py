@@ -52,3 +52,9 @@ class GpioError(CuecamError):
     """The opt-out button or status LED cannot be set up on the configured pins."""
 
     exit_code = 3
+
+
+class TlsError(CuecamError):
+    """The device certificate or its key (api.tls) cannot be loaded."""
+
+    exit_code = 3

@@ -13,10 +13,13 @@ otherwise so that the supervisor restarts it and the slot store rolls back.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import shutil
+import ssl
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -95,6 +98,7 @@ class OtaAgent:
         self.precheck()
         if not (url.startswith(("http://", "https://")) and len(url) <= 2048):
             raise OtaRefused(400, "url must be an http(s) URL of at most 2048 characters")
+        self._check_pull_host(url)
 
         async def fetch(bundle: Path) -> None:
             import aiohttp
@@ -107,7 +111,8 @@ class OtaAgent:
             self.state, self.received, self.expected = "receiving", have, None
             headers = {"Range": f"bytes={have}-"} if have else {}
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url, headers=headers) as r:
+            async with aiohttp.ClientSession(timeout=timeout) as session, \
+                    session.get(url, headers=headers, allow_redirects=False) as r:
                 if r.status not in (200, 206):
                     raise OtaRefused(502, f"{url}: HTTP {r.status}")
                 total = r.content_length
@@ -126,6 +131,28 @@ class OtaAgent:
             await asyncio.to_thread(src.unlink, True)
 
         return await self._update(fetch)
+
+    def _check_pull_host(self, url: str) -> None:
+        """No server-side request forgery: a pull fetches only from loopback (an IP literal or
+        ``localhost``) or from a host listed in ota.pull_hosts, compared literally (no DNS lookup
+        decides), and never follows a redirect elsewhere."""
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host, _port = parts.hostname, parts.port  # .port raises ValueError when out of range
+        except ValueError as e:
+            raise OtaRefused(400, f"url is not a valid URL: {e}") from None
+        if not host or parts.username is not None or parts.password is not None:
+            raise OtaRefused(400, "url must name a host and carry no credentials")
+        allowed = {h.lower().strip("[]") for h in self.cfg.pull_hosts}
+        if host in allowed or host == "localhost":
+            return
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return
+        except ValueError:
+            pass
+        raise OtaRefused(400, f"url host {host[:100]!r} is not loopback and not in ota.pull_hosts "
+                              f"({', '.join(sorted(allowed)) or 'empty'}): pulls come from the gateway only")
 
     async def _write(self, path: Path, chunks: AsyncIterator[bytes], mode: str, limit: int) -> None:
         f = await asyncio.to_thread(open, path, mode)
@@ -219,8 +246,11 @@ def _fresh_dir(path: Path) -> None:
 
 
 def _answers(url: str) -> bool:
+    # our own API on loopback: with api.tls its certificate is the device's own (self-signed), so it
+    # is not verified for this liveness probe; nothing but the status code is read
+    ctx = ssl._create_unverified_context() if url.startswith("https://") else None
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as r:  # loopback, our own API
+        with urllib.request.urlopen(url, timeout=2.0, context=ctx) as r:
             return bool(r.status == 200)
     except OSError:
         return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ from ..privacy.audit import AUDIT_SCHEMA
 from ..privacy.notice import PRIVACY_SCHEMA, privacy_notice
 from ..signals.schema import AGGREGATES_SCHEMA, SCHEMA, VECTORS_SCHEMA, aggregates, to_json
 from .auth import Token
+from .guard import API_CONFIG, MAX_BODY, RATE_LIMITER, STREAMING, RateLimiter, deadline, idle_chunks, limits
 
 if TYPE_CHECKING:
     from ..app import Service
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 SERVICE: web.AppKey[Service] = web.AppKey("service")
 TOKEN = web.AppKey("token", Token)
-MAX_BODY = 64 * 1024
+PRESSING: web.AppKey[dict[str, Any]] = web.AppKey("pressing")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -54,7 +56,7 @@ class IntParam:
     minimum: int
     maximum: int | None = None  # None: taken from the config at request time (api.max_limit)
 
-    def schema(self) -> dict[str, Any]:
+    def schema(self, zones: list[str] | None = None) -> dict[str, Any]:
         s: dict[str, Any] = {"type": "integer", "minimum": self.minimum, "default": self.default}
         if self.maximum is not None:
             s["maximum"] = self.maximum
@@ -76,8 +78,8 @@ class ZoneParam:
     description: str
     default: None = None
 
-    def schema(self) -> dict[str, Any]:
-        return {"type": "string", "maxLength": 64}
+    def schema(self, zones: list[str] | None = None) -> dict[str, Any]:
+        return {"type": "string", "enum": list(zones)} if zones else {"type": "string", "maxLength": 64}
 
     def parse(self, raw: str, svc: Service) -> int:
         if raw not in svc.zone_names:
@@ -172,7 +174,8 @@ async def ota_upload(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     parse_query(request, ())
     with _ota_refusals():
-        result = await svc.ota.receive(request.content_length, request.content.iter_chunked(CHUNK))
+        chunks = idle_chunks(request.content.iter_chunked(CHUNK), request.app[API_CONFIG].request_timeout_s)
+        result = await svc.ota.receive(request.content_length, chunks)
     return json_response(result, status=202)
 
 
@@ -194,7 +197,8 @@ async def ota_pull(request: web.Request) -> web.Response:
 
 
 def _http_error(status: int, message: str) -> web.HTTPException:
-    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 409: web.HTTPConflict, 411: web.HTTPLengthRequired,
+    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 408: web.HTTPRequestTimeout, 409: web.HTTPConflict,
+           411: web.HTTPLengthRequired,
            413: web.HTTPRequestEntityTooLarge, 422: web.HTTPUnprocessableEntity, 502: web.HTTPBadGateway}.get(
                status, web.HTTPInternalServerError)
     if cls is web.HTTPRequestEntityTooLarge:
@@ -212,19 +216,42 @@ SIM_BUTTON_PARAMS = (IntParam("hold_ms", "How long the button is held down (ms).
 
 
 async def sim_button(request: web.Request) -> web.Response:
-    """Press the mock opt-out button (sim board: privacy.optout.pins = mock) as a shopper would."""
+    """Press the mock opt-out button (sim board: privacy.optout.pins = mock) as a shopper would.
+    One press at a time (409 while the button is still held); the answer comes once the press has
+    had its effect (pause, purge or resume) or after at most 1 s, while a long hold goes on."""
     svc = request.app[SERVICE]
     q = parse_query(request, SIM_BUTTON_PARAMS)
-    if svc.signage is None or svc.signage.kind != "mock" or svc.signage.button is None:
+    signage = svc.signage
+    if signage is None or signage.kind != "mock" or signage.button is None:
         raise web.HTTPNotFound(reason="no mock button on this board (privacy.optout.pins is not mock)")
+    pressing = request.app[PRESSING]
+    held = pressing.get("press")
+    if held is not None and not held.done():
+        raise web.HTTPConflict(reason="the mock button is still held by an earlier press")
     before = (svc.optouts, svc.paused_until)
-    await asyncio.get_running_loop().run_in_executor(None, svc.signage.press, q["hold_ms"] / 1000.0)
+    press = asyncio.get_running_loop().run_in_executor(None, signage.press, q["hold_ms"] / 1000.0)
+    press.add_done_callback(_press_done)
+    pressing["press"] = press
     for _ in range(100):  # the press is handled on the event loop: let it run (bounded, 1 s)
-        if (svc.optouts, svc.paused_until) != before:
+        if (svc.optouts, svc.paused_until) != before or press.done():
             break
         await asyncio.sleep(0.01)
+    if press.done() and press.exception() is None:
+        for _ in range(100):  # released: give the release (long press) its turn too
+            if (svc.optouts, svc.paused_until) != before:
+                break
+            await asyncio.sleep(0.01)
     return json_response({"pressed_ms": q["hold_ms"], "paused": svc.paused_until is not None,
-                          "remaining_s": svc.paused_remaining()})
+                          "remaining_s": _round(svc.paused_remaining())})
+
+
+def _press_done(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:  # e.g. the board stopped mid-press
+        log.warning("mock button press: %s", fut.exception())
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
 
 
 async def privacy(request: web.Request) -> web.Response:
@@ -282,6 +309,8 @@ class _ServiceCollector:
             ("cuecam_uptime_seconds", "Seconds since the service started.", svc.uptime()),
             ("cuecam_healthy", "1 when /health says ok.", 1.0 if svc.health()[0] else 0.0),
             ("cuecam_thermal_hot", "1 while the frame rate is lowered for heat.", 1.0 if svc.thermal.hot else 0.0),
+            ("cuecam_asyncio_tasks", "asyncio tasks alive in the service's event loop.", _tasks()),
+            ("cuecam_threads", "Python threads alive in the process.", threading.active_count()),
         )
         reading = svc.thermal.reading
         if reading is not None and reading.temp_c is not None:
@@ -295,6 +324,13 @@ class _ServiceCollector:
         info = GaugeMetricFamily("cuecam_info", "Build and board.", labels=["version", "board", "kind", "model"])
         info.add_metric([__version__, svc.config.board.name, svc.config.board.kind, svc.detector_name or ""], 1.0)
         yield info
+
+
+def _tasks() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped from outside the event loop
+        return float("nan")
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -317,6 +353,9 @@ class Route:
     params: tuple[Param, ...] = ()
     content_type: str = "application/json"
     response: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    body: dict[str, Any] | None = None  # the requestBody object of the OpenAPI operation
+    errors: tuple[tuple[int, str], ...] = ()  # statuses the handler itself answers, besides the common ones
+    stream: bool = False  # the body is streamed by the handler with its own cap (not MAX_BODY)
 
 
 _ERROR_SCHEMA = {
@@ -343,6 +382,20 @@ _HEALTH_SCHEMA = {
                 "installing, installed, trial, committed, failed)."},
     },
 }
+_OTA_SCHEMA = {
+    "type": "object",
+    "required": ["state", "installed", "restart"],
+    "properties": {"state": {"type": "string"}, "installed": {"type": ["object", "null"]}, "restart": {"type": "boolean"}},
+}
+_BUTTON_SCHEMA = {
+    "type": "object",
+    "required": ["pressed_ms", "paused", "remaining_s"],
+    "properties": {"pressed_ms": {"type": "integer"}, "paused": {"type": "boolean"},
+                   "remaining_s": {"type": ["number", "null"]}},
+}
+_OTA_ERRORS = ((403, "No trusted keys: this board accepts no updates"), (409, "An update is in progress, or no slots"),
+               (413, "Bundle larger than ota.max_bundle_bytes"), (422, "Bundle refused by verification"),
+               (502, "The download failed"))
 _OPTOUT_SCHEMA = {
     "type": "object",
     "required": ["paused", "remaining_s", "source", "latency_ms", "purged"],
@@ -369,43 +422,75 @@ ROUTES: tuple[Route, ...] = (
           params=AUDIT_PARAMS, response=AUDIT_SCHEMA),
     Route("POST", "/v1/ota", ota_upload, "Upload a signed update bundle (body, Content-Length required); "
           "verified before anything is unpacked, installed into the inactive slot, then the board restarts into it.",
-          response={"type": "object"}),
+          response=_OTA_SCHEMA, stream=True,
+          body={"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+          errors=((400, "Upload shorter than announced"), (408, "No body data for api.request_timeout_s"),
+                  (411, "Content-Length missing"), *_OTA_ERRORS)),
     Route("POST", "/v1/ota/pull", ota_pull, "Download a signed update bundle from {\"url\": ...} (resuming with Range), "
-          "verify, install into the inactive slot, restart into it.", response={"type": "object"}),
+          "verify, install into the inactive slot, restart into it. Only loopback and ota.pull_hosts are fetched.",
+          response=_OTA_SCHEMA,
+          body={"required": True, "content": {"application/json": {"schema": {
+              "type": "object", "required": ["url"], "additionalProperties": False,
+              "properties": {"url": {"type": "string", "format": "uri", "maxLength": 2048}}}}}},
+          errors=((400, "Body is not {\"url\": ...}, or the URL is not allowed"), *_OTA_ERRORS)),
     Route("POST", "/v1/optout", optout, "Opt out: pause measuring and purge what the board holds, as the button does.",
           response=_OPTOUT_SCHEMA),
     Route("POST", "/v1/sim/button", sim_button, "Sim board only: press the mock opt-out button.",
-          params=SIM_BUTTON_PARAMS),
+          params=SIM_BUTTON_PARAMS, response=_BUTTON_SCHEMA,
+          errors=((404, "No mock button on this board"), (409, "The button is still held by an earlier press"))),
     Route("GET", "/metrics", metrics, "Prometheus metrics.", content_type="text/plain",
           response={"type": "string"}),
     Route("GET", "/openapi.json", openapi, "This document."),
 )
 PUBLIC_PATHS = frozenset(r.path for r in ROUTES if not r.auth)
+STREAMING_PATHS = frozenset(r.path for r in ROUTES if r.stream)
 
 
-def openapi_document() -> dict[str, Any]:
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def openapi_document(zones: list[str] | None = None) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ROUTES; ``zones`` (the board's zone names) become the enum of the
+    ``zone`` parameter. Every status the server can answer is listed, the common ones included."""
     paths: dict[str, Any] = {}
     for r in ROUTES:
         responses: dict[str, Any] = {
             "200": {"description": "OK", "content": {r.content_type: {"schema": r.response}}},
         }
+        if r.stream or r.path.startswith("/v1/ota"):
+            responses["202"] = {"description": "Installed; the board restarts into the update",
+                                "content": {"application/json": {"schema": r.response}}}
+            del responses["200"]
         if r.path == "/health":
             responses["503"] = {"description": "Degraded", "content": {"application/json": {"schema": _HEALTH_SCHEMA}}}
         if r.auth:
-            responses["401"] = {"description": "Missing or wrong bearer token",
-                                "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
-        if r.params:
-            responses["400"] = {"description": "Bad query parameter",
-                                "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+            responses["401"] = _error("Missing or wrong bearer token",
+                                      {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}})
+        if r.params or r.body is not None or r.method == "POST":
+            responses["400"] = _error("Bad query parameter or body")
+        responses["408"] = _error("Request not completed within api.request_timeout_s")
+        responses["413"] = _error("Request body larger than 64 KiB (POST /v1/ota: ota.max_bundle_bytes)")
+        responses["429"] = _error("Rate limit (api.rate_limit) exceeded for this client",
+                                  {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "required": True}})
+        for status, description in r.errors:
+            responses[str(status)] = _error(description)
+        zone_names = list(zones or [])
         op: dict[str, Any] = {
             "summary": r.summary,
             "operationId": r.handler.__name__,
             "parameters": [
-                {"name": p.name, "in": "query", "required": False, "description": p.description, "schema": p.schema()}
-                for p in r.params
+                {"name": p.name, "in": "query", "required": False, "description": p.description,
+                 "schema": p.schema(zone_names)}
+                for p in r.params if not (isinstance(p, ZoneParam) and not zone_names)
             ],
             "responses": responses,
         }
+        if r.body is not None:
+            op["requestBody"] = r.body
         op["security"] = [{"bearer": []}] if r.auth else []
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
@@ -429,9 +514,13 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        message = e.reason if e.status != 404 else f"no route {request.method} {request.path}; see /openapi.json"
+        message = e.reason
+        if e.status == 404:
+            message = f"no route {request.method} {request.path[:200]}; see /openapi.json"
+        elif e.status == 413 and e.reason == "Request Entity Too Large":
+            message = e.text or message  # aiohttp's client_max_size: "Maximum request body size ... exceeded"
         resp = json_error(e.status, message)
-        for h in ("Allow", "WWW-Authenticate"):
+        for h in ("Allow", "WWW-Authenticate", "Retry-After"):
             if h in e.headers:
                 resp.headers[h] = e.headers[h]
         return resp
@@ -457,11 +546,18 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def build_app(svc: Service, token: Token, *, manage_service: bool = True) -> web.Application:
-    """The aiohttp application. With ``manage_service`` the pipeline starts and stops with it."""
-    app = web.Application(middlewares=[errors_as_json, bearer_auth], client_max_size=MAX_BODY)
+    """The aiohttp application. With ``manage_service`` the pipeline starts and stops with it.
+    Middlewares, outermost first: the request deadline, errors as JSON, rate limit and body cap,
+    the bearer token. Serve it with ``guard.DeviceRunner`` for the connection-level limits."""
+    api = svc.config.api
+    app = web.Application(middlewares=[deadline, errors_as_json, limits, bearer_auth], client_max_size=MAX_BODY)
     app[SERVICE] = svc
     app[TOKEN] = token
-    app[OPENAPI] = openapi_document()
+    app[API_CONFIG] = api
+    app[RATE_LIMITER] = RateLimiter(api.rate_limit.per_s, api.rate_limit.burst)
+    app[STREAMING] = STREAMING_PATHS
+    app[PRESSING] = {}
+    app[OPENAPI] = openapi_document(svc.zone_names)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_ServiceCollector(svc))  # type: ignore[arg-type]
     app[METRICS] = registry

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import math
 import os
 import secrets
 import stat
@@ -17,6 +19,10 @@ from ..fsutil import atomic_write_bytes
 log = logging.getLogger(__name__)
 ENV_VAR = "CUECAM_API_TOKEN"
 MIN_LEN, MAX_LEN = 16, 256
+MIN_NETWORK_BITS = 128  # ETSI EN 303 645 5.1: no guessable credential on a network-facing device
+_ALPHABETS = ("0123456789abcdef", "0123456789ABCDEF",
+              "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=",
+              "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,36 @@ class Token:
     generated: bool = False
 
     def matches(self, presented: str) -> bool:
+        """Constant time in the presented token's content (hmac.compare_digest on bytes)."""
         return hmac.compare_digest(presented.encode("utf-8", "replace"), self.value.encode())
+
+    @property
+    def bits(self) -> float:
+        return token_bits(self.value)
+
+
+def token_bits(value: str) -> float:
+    """An upper bound of the token's strength: its length times log2 of the smallest usual alphabet
+    (hex, base64, printable ASCII) that holds all its characters, and 0 for a token built from fewer
+    than 8 distinct characters (``aaaa...``, ``0101...``)."""
+    if len(set(value)) < 8:
+        return 0.0
+    size = next((len(a) for a in _ALPHABETS if set(value) <= set(a)), 94)
+    return len(value) * math.log2(size)
+
+
+def check_bind(host: str, token: Token) -> None:
+    """Refuse to serve a non-loopback address with a weak or self-generated token (no default
+    credentials). Loopback (the sim board, a local reverse proxy) is always allowed."""
+    if ipaddress.ip_address(host).is_loopback:
+        return
+    if token.generated:
+        raise AuthError(f"refusing to serve {host}: the API token was generated at start-up; provision one "
+                        f"with `cuecam provision` (or set {ENV_VAR}) for a board on the network")
+    if token.bits < MIN_NETWORK_BITS:
+        raise AuthError(f"refusing to serve {host}: the API token from {token.source} is too weak "
+                        f"(~{token.bits:.0f} bits, at least {MIN_NETWORK_BITS} needed); "
+                        "`cuecam provision` writes a 256-bit one")
 
 
 def _check(value: str, where: str) -> str:
