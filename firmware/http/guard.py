@@ -114,6 +114,9 @@ async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse
             out = web.Response(body=error_body(408, f"request not completed within {seconds:g} s"), status=408,
                                content_type="application/json")
             out.force_close()
+            await out.prepare(request)
+            await out.write_eof()
+            request.protocol.force_close()  # no lingering read of the rest of a stalled body
             return out
         if request.transport is not None:
             request.transport.close()  # the client stopped reading half way: drop it
