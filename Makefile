@@ -10,7 +10,9 @@ PYTEST_ARGS ?=
 COMPAT_VENV ?= .venv-bookworm
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-stamp
 
-.PHONY: help setup venv models media mosquitto run demo test test-all test-compat test-ota test-pi install bench lint clean
+.PHONY: help setup venv models media mosquitto run demo test test-all test-compat test-ota test-pi install bench fuzz soak lint clean
+FUZZ_CASES ?= 10000
+SOAK_S ?= 1800
 
 help: ## print this help
 	@echo "cuecam make targets:"
@@ -79,6 +81,12 @@ install: ## install cuecam on this Raspberry Pi (root): apt packages, venv, user
 
 bench: setup ## print throughput, start-up and memory figures (key: value lines)
 	$(PY) tests/bench/bench_pipeline.py
+
+fuzz: setup ## schemathesis against the real firmware's /openapi.json: FUZZ_CASES (10000) cases, 0 failures
+	FUZZ_CASES=$(FUZZ_CASES) $(PY) tests/fuzz/fuzz_api.py
+
+soak: setup ## replay as fast as possible with the API under load for SOAK_S (1800) s; prints growth figures
+	SOAK_S=$(SOAK_S) $(PY) tests/soak/soak.py
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check firmware ota host_tools tests

@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import ssl
 import time
@@ -32,6 +33,21 @@ log = logging.getLogger(__name__)
 
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: the supervisor (systemd, or ota.launch --supervise) starts us again
 CHUNK = 256 * 1024
+
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+
+
+def pull_url_pattern(pull_hosts: list[str]) -> str:
+    """The URLs POST /v1/ota/pull accepts, as one regular expression (also the ``pattern`` of the
+    OpenAPI schema, so the contract and the check are the same): http(s), a loopback host or one of
+    ``pull_hosts``, an optional port, a plain path; no credentials, query or fragment."""
+    hosts = ["localhost", rf"127\.{_OCTET}\.{_OCTET}\.{_OCTET}", r"\[::1\]"]
+    for h in pull_hosts:
+        h = h.lower().strip("[]")
+        hosts.append(rf"\[{re.escape(h)}\]" if ":" in h else re.escape(h))
+    return rf"^https?://({'|'.join(hosts)})(:{_PORT})?(/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)?$"
 
 
 class OtaRefused(Exception):
@@ -59,6 +75,7 @@ class OtaAgent:
         self.error: str | None = None
         self.installed: dict[str, Any] | None = None
         self._busy = asyncio.Lock()
+        self.pull_pattern = re.compile(pull_url_pattern(cfg.pull_hosts))
 
     def status(self) -> dict[str, Any]:
         return {"version": self.version, "slot": self.slot, "trial": self.trial, "state": self.state,
@@ -98,6 +115,10 @@ class OtaAgent:
         self.precheck()
         if not (url.startswith(("http://", "https://")) and len(url) <= 2048):
             raise OtaRefused(400, "url must be an http(s) URL of at most 2048 characters")
+        if not self.pull_pattern.fullmatch(url):
+            raise OtaRefused(400, "url must be http(s)://HOST[:PORT]/PATH with HOST loopback or one of ota.pull_hosts "
+                                  f"({', '.join(self.cfg.pull_hosts) or 'none'}), no credentials, query or fragment: "
+                                  "pulls come from the gateway only")
         self._check_pull_host(url)
 
         async def fetch(bundle: Path) -> None:

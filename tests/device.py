@@ -50,9 +50,20 @@ def env(token: str | None, **extra: str) -> dict[str, str]:
 
 
 def start(config: Path, token: str | None, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "firmware", "--config", str(config), "--port", "0", *args],
-                            cwd=ROOT, env=env(token), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    """The firmware on ``config``; its log (stderr) goes to firmware.log beside the config, so a long
+    run never blocks on a full pipe; stdout (the 'serving on' line) is a pipe."""
+    log = open(config.parent / "firmware.log", "w")  # noqa: SIM115 - the child holds it; closed by stop()
+    proc = subprocess.Popen([sys.executable, "-m", "firmware", "--config", str(config), "--port", "0", *args],
+                            cwd=ROOT, env=env(token), stdout=subprocess.PIPE, stderr=log, text=True,
                             errors="replace")
+    log.close()  # the child has its own descriptor
+    proc.log_path = config.parent / "firmware.log"  # type: ignore[attr-defined]
+    return proc
+
+
+def log_text(proc: subprocess.Popen[str]) -> str:
+    path = getattr(proc, "log_path", None)
+    return path.read_text(errors="replace") if path is not None and path.exists() else ""
 
 
 def wait_url(proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
@@ -68,7 +79,7 @@ def wait_url(proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
             if not line and proc.poll() is not None:
                 break
     stop(proc)
-    raise AssertionError(f"no 'serving on' line; stderr: {proc.stderr.read() if proc.stderr else ''}")
+    raise AssertionError(f"no 'serving on' line; log: {log_text(proc)[-4000:]}")
 
 
 def stop(proc: subprocess.Popen[str], timeout: float = 20.0) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -47,6 +48,16 @@ def json_error(status: int, message: str) -> web.Response:
     return json_response({"error": {"status": status, "message": message}}, status=status)
 
 
+def safe(text: str, limit: int = 500) -> str:
+    """Text that may quote the client (names, values, URLs) made fit for an HTTP reason phrase:
+    control and non-ASCII characters escaped (\\r, \\xcc...), at most ``limit`` characters."""
+    return text.encode("unicode_escape").decode("ascii")[:limit]
+
+
+def bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(reason=safe(message))
+
+
 # -- query parameters -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class IntParam:
@@ -56,19 +67,20 @@ class IntParam:
     minimum: int
     maximum: int | None = None  # None: taken from the config at request time (api.max_limit)
 
-    def schema(self, zones: list[str] | None = None) -> dict[str, Any]:
+    def schema(self, zones: list[str] | None = None, max_limit: int | None = None) -> dict[str, Any]:
         s: dict[str, Any] = {"type": "integer", "minimum": self.minimum, "default": self.default}
-        if self.maximum is not None:
-            s["maximum"] = self.maximum
+        hi = self.maximum if self.maximum is not None else max_limit
+        if hi is not None:
+            s["maximum"] = hi
         return s
 
     def parse(self, raw: str, svc: Service) -> int:
         if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
-            raise web.HTTPBadRequest(reason=f"query parameter {self.name!r} must be a non-negative integer, got {raw[:40]!r}")
+            raise bad_request(f"query parameter {self.name!r} must be a non-negative integer, got {raw[:40]!r}")
         v = int(raw)
         hi = self.maximum if self.maximum is not None else svc.config.api.max_limit
         if v < self.minimum or v > hi:
-            raise web.HTTPBadRequest(reason=f"query parameter {self.name!r} must be between {self.minimum} and {hi}, got {v}")
+            raise bad_request(f"query parameter {self.name!r} must be between {self.minimum} and {hi}, got {v}")
         return v
 
 
@@ -78,13 +90,13 @@ class ZoneParam:
     description: str
     default: None = None
 
-    def schema(self, zones: list[str] | None = None) -> dict[str, Any]:
+    def schema(self, zones: list[str] | None = None, max_limit: int | None = None) -> dict[str, Any]:
         return {"type": "string", "enum": list(zones)} if zones else {"type": "string", "maxLength": 64}
 
     def parse(self, raw: str, svc: Service) -> int:
         if raw not in svc.zone_names:
             known = ", ".join(svc.zone_names) or "none configured"
-            raise web.HTTPBadRequest(reason=f"unknown zone {raw[:64]!r}; zones: {known}")
+            raise bad_request(f"unknown zone {raw[:64]!r}; zones: {known}")
         return svc.zone_names.index(raw)
 
 
@@ -95,12 +107,12 @@ def parse_query(request: web.Request, params: tuple[Param, ...]) -> dict[str, An
     known = {p.name for p in params}
     unknown = sorted(set(request.query) - known)
     if unknown:
-        raise web.HTTPBadRequest(reason=f"unknown query parameter(s): {', '.join(unknown)}; allowed: {sorted(known)}")
+        raise bad_request(f"unknown query parameter(s): {', '.join(map(repr, unknown[:8]))[:300]}; allowed: {sorted(known)}")
     out: dict[str, Any] = {}
     for p in params:
         values = request.query.getall(p.name, [])
         if len(values) > 1:
-            raise web.HTTPBadRequest(reason=f"query parameter {p.name!r} given more than once")
+            raise bad_request(f"query parameter {p.name!r} given more than once")
         out[p.name] = p.parse(values[0], request.app[SERVICE]) if values else p.default
     return out
 
@@ -188,9 +200,9 @@ async def ota_pull(request: web.Request) -> web.Response:
         body = await request.json(loads=orjson.loads)
     except ValueError:
         body = None
-    url = body.get("url") if isinstance(body, dict) else None
+    url = body.get("url") if isinstance(body, dict) and set(body) == {"url"} else None
     if not isinstance(url, str):
-        raise web.HTTPBadRequest(reason='body must be JSON: {"url": "http://gateway/cuecam-0.2.0.bundle"}')
+        raise bad_request('body must be JSON: {"url": "http://gateway/cuecam-0.2.0.bundle"}')
     with _ota_refusals():
         result = await request.app[SERVICE].ota.pull(url)
     return json_response(result, status=202)
@@ -202,8 +214,8 @@ def _http_error(status: int, message: str) -> web.HTTPException:
            413: web.HTTPRequestEntityTooLarge, 422: web.HTTPUnprocessableEntity, 502: web.HTTPBadGateway}.get(
                status, web.HTTPInternalServerError)
     if cls is web.HTTPRequestEntityTooLarge:
-        return web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, reason=message[:500])
-    return cls(reason=message[:500].replace("\n", " "))
+        return web.HTTPRequestEntityTooLarge(max_size=0, actual_size=0, reason=safe(message))
+    return cls(reason=safe(message.replace("\n", " ")))
 
 
 async def optout(request: web.Request) -> web.Response:
@@ -431,7 +443,7 @@ ROUTES: tuple[Route, ...] = (
           response=_OTA_SCHEMA,
           body={"required": True, "content": {"application/json": {"schema": {
               "type": "object", "required": ["url"], "additionalProperties": False,
-              "properties": {"url": {"type": "string", "format": "uri", "maxLength": 2048}}}}}},
+              "properties": {"url": {"type": "string", "maxLength": 2048}}}}}},
           errors=((400, "Body is not {\"url\": ...}, or the URL is not allowed"), *_OTA_ERRORS)),
     Route("POST", "/v1/optout", optout, "Opt out: pause measuring and purge what the board holds, as the button does.",
           response=_OPTOUT_SCHEMA),
@@ -453,9 +465,14 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
     return out
 
 
-def openapi_document(zones: list[str] | None = None) -> dict[str, Any]:
+def openapi_document(zones: list[str] | None = None, max_limit: int | None = None,
+                     pull_hosts: list[str] | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ROUTES; ``zones`` (the board's zone names) become the enum of the
-    ``zone`` parameter. Every status the server can answer is listed, the common ones included."""
+    ``zone`` parameter, ``max_limit`` (api.max_limit) the maximum of ``limit``. Every status the
+    server can answer is listed, the common ones included. The pull URL's ``pattern`` is the one
+    the OTA agent checks (loopback and ``pull_hosts``, ota.pull_hosts)."""
+    from ..ota_agent import pull_url_pattern
+
     paths: dict[str, Any] = {}
     for r in ROUTES:
         responses: dict[str, Any] = {
@@ -484,13 +501,17 @@ def openapi_document(zones: list[str] | None = None) -> dict[str, Any]:
             "operationId": r.handler.__name__,
             "parameters": [
                 {"name": p.name, "in": "query", "required": False, "description": p.description,
-                 "schema": p.schema(zone_names)}
+                 "schema": p.schema(zone_names, max_limit)}
                 for p in r.params if not (isinstance(p, ZoneParam) and not zone_names)
             ],
             "responses": responses,
         }
         if r.body is not None:
             op["requestBody"] = r.body
+            if r.handler is ota_pull:
+                op["requestBody"] = body = copy.deepcopy(r.body)
+                url = body["content"]["application/json"]["schema"]["properties"]["url"]
+                url["pattern"] = pull_url_pattern(list(pull_hosts or []))
         op["security"] = [{"bearer": []}] if r.auth else []
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
@@ -557,7 +578,7 @@ def build_app(svc: Service, token: Token, *, manage_service: bool = True) -> web
     app[RATE_LIMITER] = RateLimiter(api.rate_limit.per_s, api.rate_limit.burst)
     app[STREAMING] = STREAMING_PATHS
     app[PRESSING] = {}
-    app[OPENAPI] = openapi_document(svc.zone_names)
+    app[OPENAPI] = openapi_document(svc.zone_names, api.max_limit, list(svc.config.ota.pull_hosts))
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_ServiceCollector(svc))  # type: ignore[arg-type]
     app[METRICS] = registry

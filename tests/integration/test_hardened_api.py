@@ -253,7 +253,11 @@ def test_a_generated_token_is_a_config_error_on_a_network_address():
 def test_the_board_refuses_to_serve_the_network_with_a_weak_token(models_dir, vtest, tmp_path):
     cfg = device.write_config(tmp_path, {"api": {"host": "0.0.0.0", "generate_token": False}})
     proc = device.start(cfg, "changeme-changeme")  # 16+ characters, ~100 bits at best
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        device.stop(proc)
+    err = device.log_text(proc)
     assert proc.returncode == 3, (out, err)
     assert "refusing to serve 0.0.0.0" in err and "too weak" in err and "serving on" not in out
 
