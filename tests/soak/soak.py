@@ -57,6 +57,16 @@ async def metric(url: str, name: str) -> float:
     raise RuntimeError(f"{name} not in /metrics")
 
 
+async def wait_healthy(url: str, seconds: float = 60.0) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(int(seconds * 5)):
+            async with http.get(url + "/health") as r:
+                if r.status == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url}/health never turned ok")
+
+
 class Load:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -125,6 +135,7 @@ async def soak(total_s: float, sample_s: float, warmup_s: float) -> dict[str, fl
         proc = device.start(config, TOKEN)
         try:
             url = device.wait_url(proc)
+            await wait_healthy(url)  # a board still starting answers 503 on /health, as documented
             load = Load(url)
             t0 = time.monotonic()
             samples: list[tuple[float, dict[str, float]]] = []
