@@ -98,6 +98,9 @@ def write_device(workdir: Path, name: str, camera: dict[str, Any], port: int, te
     cfg["inference"]["models_dir"] = str((template.parent / cfg["inference"]["models_dir"]).resolve())
     cfg["inference"]["threads"] = 1
     cfg["api"].update({"host": "127.0.0.1", "port": port, "token_file": str(token_file), "generate_token": False})
+    # `cuecam bench` load-tests these boards from loopback: lift the per-client rate limit (a real
+    # board keeps its api.rate_limit and answers 429 beyond it)
+    cfg["api"]["rate_limit"] = {"per_s": 100000.0, "burst": 100000}
     cfg["privacy"]["audit_log"] = str(d / "audit.jsonl")
     cfg["ota"]["root"] = str(d / "ota")
     path = d / "board.yaml"
