@@ -140,6 +140,8 @@ async def idle_chunks(chunks: AsyncIterator[bytes], idle_s: float) -> AsyncItera
 class _JsonErrorHandler(RequestHandler):
     """aiohttp's connection handler; the errors its parser answers itself are JSON as well."""
 
+    _first_request: asyncio.TimerHandle | None = None
+
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         manager = self._manager
@@ -147,6 +149,22 @@ class _JsonErrorHandler(RequestHandler):
         if manager is not None and limit is not None and len(manager.connections) > limit:
             log.warning("refusing a connection: %d open (api.max_connections)", len(manager.connections) - 1)
             self.force_close()
+            return
+        # the first request's headers must be complete within the idle timeout, whatever aiohttp's
+        # keep-alive timer does before a first request (it runs from the connection's start in 3.14)
+        if self.keepalive_timeout > 0:
+            self._first_request = self._loop.call_later(self.keepalive_timeout, self._no_request_yet)
+
+    def _no_request_yet(self) -> None:
+        self._first_request = None
+        if self._request_count == 0 and self.transport is not None:
+            self.force_close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._first_request is not None:
+            self._first_request.cancel()
+            self._first_request = None
+        super().connection_lost(exc)
 
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
