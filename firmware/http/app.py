@@ -27,7 +27,7 @@ from ..privacy.audit import AUDIT_SCHEMA
 from ..privacy.notice import PRIVACY_SCHEMA, privacy_notice
 from ..signals.schema import AGGREGATES_SCHEMA, SCHEMA, VECTORS_SCHEMA, aggregates, to_json
 from .auth import Token
-from .guard import API_CONFIG, MAX_BODY, RATE_LIMITER, STREAMING, RateLimiter, deadline, idle_chunks, limits
+from .guard import API_CONFIG, MAX_BODY, RATE_LIMITER, STREAMING, UNTIMED, RateLimiter, deadline, idle_chunks, limits
 
 if TYPE_CHECKING:
     from ..app import Service
@@ -368,6 +368,7 @@ class Route:
     body: dict[str, Any] | None = None  # the requestBody object of the OpenAPI operation
     errors: tuple[tuple[int, str], ...] = ()  # statuses the handler itself answers, besides the common ones
     stream: bool = False  # the body is streamed by the handler with its own cap (not MAX_BODY)
+    untimed: bool = False  # may run longer than api.request_timeout_s (an update install)
 
 
 _ERROR_SCHEMA = {
@@ -434,13 +435,13 @@ ROUTES: tuple[Route, ...] = (
           params=AUDIT_PARAMS, response=AUDIT_SCHEMA),
     Route("POST", "/v1/ota", ota_upload, "Upload a signed update bundle (body, Content-Length required); "
           "verified before anything is unpacked, installed into the inactive slot, then the board restarts into it.",
-          response=_OTA_SCHEMA, stream=True,
+          response=_OTA_SCHEMA, stream=True, untimed=True,
           body={"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
           errors=((400, "Upload shorter than announced"), (408, "No body data for api.request_timeout_s"),
                   (411, "Content-Length missing"), *_OTA_ERRORS)),
     Route("POST", "/v1/ota/pull", ota_pull, "Download a signed update bundle from {\"url\": ...} (resuming with Range), "
           "verify, install into the inactive slot, restart into it. Only loopback and ota.pull_hosts are fetched.",
-          response=_OTA_SCHEMA,
+          response=_OTA_SCHEMA, untimed=True,
           body={"required": True, "content": {"application/json": {"schema": {
               "type": "object", "required": ["url"], "additionalProperties": False,
               "properties": {"url": {"type": "string", "maxLength": 2048}}}}}},
@@ -456,6 +457,7 @@ ROUTES: tuple[Route, ...] = (
 )
 PUBLIC_PATHS = frozenset(r.path for r in ROUTES if not r.auth)
 STREAMING_PATHS = frozenset(r.path for r in ROUTES if r.stream)
+UNTIMED_PATHS = frozenset(r.path for r in ROUTES if r.untimed)
 
 
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -577,6 +579,7 @@ def build_app(svc: Service, token: Token, *, manage_service: bool = True) -> web
     app[API_CONFIG] = api
     app[RATE_LIMITER] = RateLimiter(api.rate_limit.per_s, api.rate_limit.burst)
     app[STREAMING] = STREAMING_PATHS
+    app[UNTIMED] = UNTIMED_PATHS
     app[PRESSING] = {}
     app[OPENAPI] = openapi_document(svc.zone_names, api.max_limit, list(svc.config.ota.pull_hosts))
     registry = CollectorRegistry(auto_describe=True)

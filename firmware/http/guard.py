@@ -5,7 +5,9 @@ a connection cap, and JSON for the errors aiohttp's HTTP parser answers by itsel
   64 KiB body cap (413) for every route but the streaming OTA upload, read before the handler runs.
 * ``deadline`` (middleware): body read, handler and response write of one request within
   ``api.request_timeout_s`` (408 if nothing was sent yet, else the connection is closed). The OTA
-  upload streams with a per-chunk idle timeout instead (``idle_chunks``).
+  routes install an update, which takes longer: the upload streams with a per-chunk idle timeout
+  (``idle_chunks``), the pull's small body must arrive within the timeout and its download has
+  the OTA agent's own connect and read timeouts.
 * ``DeviceRunner``: an AppRunner whose connections are closed when they deliver no complete request
   within ``api.idle_timeout_s`` (aiohttp's keep-alive timer, which runs from the moment a connection
   opens: slow headers and half-open peers), whose parser errors (bad request line, bad headers,
@@ -37,7 +39,8 @@ MAX_BODY = 64 * 1024
 MAX_CLIENTS = 4096  # rate-limit buckets kept; idle (full) buckets go first
 API_CONFIG = web.AppKey("api_config", ApiConfig)
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
-STREAMING = web.AppKey("streaming_paths", frozenset)
+STREAMING = web.AppKey("streaming_paths", frozenset)  # POST routes that stream their body (no MAX_BODY)
+UNTIMED = web.AppKey("untimed_paths", frozenset)  # POST routes that may run long (install): no request deadline
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -74,9 +77,13 @@ class RateLimiter:
         return len(self._buckets)
 
 
-def _streaming(request: web.Request) -> bool:
+def _post_in(request: web.Request, key: web.AppKey[frozenset[Any]]) -> bool:
     resource = request.match_info.route.resource
-    return resource is not None and request.method == "POST" and resource.canonical in request.app[STREAMING]
+    return resource is not None and request.method == "POST" and resource.canonical in request.app[key]
+
+
+def _streaming(request: web.Request) -> bool:
+    return _post_in(request, STREAMING)
 
 
 @web.middleware
@@ -91,7 +98,12 @@ async def limits(request: web.Request, handler: Handler) -> web.StreamResponse:
         if length is not None and length > MAX_BODY:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=length)
         if request.body_exists:
-            await request.read()  # client_max_size (MAX_BODY) applies to chunked bodies too: 413
+            seconds = request.app[API_CONFIG].request_timeout_s
+            try:
+                async with asyncio.timeout(seconds):
+                    await request.read()  # client_max_size (MAX_BODY) applies to chunked bodies too: 413
+            except TimeoutError:
+                raise web.HTTPRequestTimeout(reason=f"request body not received within {seconds:g} s") from None
     return await handler(request)
 
 
@@ -99,7 +111,7 @@ async def limits(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The whole exchange of an ordinary request within api.request_timeout_s, the response write
     included (a client that stops reading cannot hold the connection)."""
-    if _streaming(request):
+    if _post_in(request, UNTIMED):
         return await handler(request)
     seconds = request.app[API_CONFIG].request_timeout_s
     resp: web.StreamResponse | None = None

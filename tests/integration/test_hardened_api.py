@@ -348,3 +348,34 @@ def test_the_openapi_document_lists_the_common_errors_and_the_zones():
             assert "Retry-After" in op["responses"]["429"]["headers"]
     zone = next(p for p in doc["paths"]["/v1/vectors"]["get"]["parameters"] if p["name"] == "zone")
     assert zone["schema"]["enum"] == ["plaza-sign", "walkway"]
+
+
+async def test_an_ota_pull_may_take_longer_than_the_request_timeout(board_factory, tmp_path):
+    from ota.bundle import generate_keypair, public_key_hex
+    from ota.slots import SlotStore
+
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "README").write_text("cuecam 0.1.0\n")
+    SlotStore(tmp_path / "slots").init("0.1.0", release)
+
+    async def slow_gateway(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.5)
+        return web.Response(status=404)
+
+    gw = web.Application()
+    gw.router.add_get("/b.bundle", slow_gateway)
+    runner = web.AppRunner(gw)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        b = await board_factory({"request_timeout_s": 1.0},
+                                ota={"root": str(tmp_path / "slots"), "trusted_keys": [public_key_hex(generate_keypair()[1])]})
+        t0 = time.monotonic()
+        async with aiohttp.ClientSession(headers=AUTH) as http, \
+                http.post(b.url + "/v1/ota/pull", json={"url": f"http://127.0.0.1:{runner.addresses[0][1]}/b.bundle"}) as r:
+            body = await r.json()
+        # the gateway's answer (after 1.5 s), not a 408 after the 1 s request timeout
+        assert r.status == 502 and "HTTP 404" in body["error"]["message"] and time.monotonic() - t0 >= 1.4
+    finally:
+        await runner.cleanup()
