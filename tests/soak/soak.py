@@ -157,6 +157,9 @@ async def soak(total_s: float, sample_s: float, warmup_s: float) -> dict[str, fl
         return statistics.median(s[key] for s in last) - statistics.median(s[key] for s in first)
 
     requests = sum(load.statuses.values())
+    after = [(t, s) for t, s in samples if t >= warmup_s]
+    slope = (statistics.linear_regression([t for t, _ in after], [s["rss_kib"] / 1024 for _, s in after]).slope * 3600
+             if len(after) >= 3 else float("nan"))
     return {
         "soak_s": round(time.monotonic() - t0, 1),
         "soak_warmup_s": warmup_s,
@@ -171,6 +174,8 @@ async def soak(total_s: float, sample_s: float, warmup_s: float) -> dict[str, fl
         "soak_rss_mib_start": round(statistics.median(s["rss_kib"] for s in first) / 1024, 1),
         "soak_rss_mib_max": round(max(s["rss_kib"] for _, s in samples) / 1024, 1),
         "soak_rss_growth_mib": round(growth("rss_kib") / 1024, 2),
+        "soak_rss_trend_mib_per_h": round(slope, 2),  # least-squares slope over the samples after the warm-up
+        "soak_rss_mib_series": " ".join(f"{t:.0f}s={s['rss_kib'] / 1024:.1f}" for t, s in samples),
         "soak_fd_growth": int(growth("fds")),
         "soak_task_growth": int(growth("tasks")),
         "soak_thread_growth": int(growth("threads")),
