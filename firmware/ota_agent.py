@@ -35,19 +35,19 @@ RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: the supervisor (systemd, or ota.launch --
 CHUNK = 256 * 1024
 
 
-_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_OCTET = r"(25[0-5]|(2[0-4]|1\d|[1-9])?\d)"  # \d, \w: ASCII only, as in ECMA-262 (re.ASCII below)
+_PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
 
 
 def pull_url_pattern(pull_hosts: list[str]) -> str:
     """The URLs POST /v1/ota/pull accepts, as one regular expression (also the ``pattern`` of the
     OpenAPI schema, so the contract and the check are the same): http(s), a loopback host or one of
     ``pull_hosts``, an optional port, a plain path; no credentials, query or fragment."""
-    hosts = ["localhost", rf"127\.{_OCTET}\.{_OCTET}\.{_OCTET}", r"\[::1\]"]
+    hosts = ["localhost", rf"127(\.{_OCTET}){{3}}", r"\[::1\]"]
     for h in pull_hosts:
         h = h.lower().strip("[]")
         hosts.append(rf"\[{re.escape(h)}\]" if ":" in h else re.escape(h))
-    return rf"^https?://({'|'.join(hosts)})(:{_PORT})?(/[A-Za-z0-9._~!$&'()*+,;=:@/-]*)?$"
+    return rf"^https?://({'|'.join(hosts)})(:{_PORT})?(/[\w.~!$&'()*+,;=:@/-]*)?$"
 
 
 class OtaRefused(Exception):
@@ -75,7 +75,7 @@ class OtaAgent:
         self.error: str | None = None
         self.installed: dict[str, Any] | None = None
         self._busy = asyncio.Lock()
-        self.pull_pattern = re.compile(pull_url_pattern(cfg.pull_hosts))
+        self.pull_pattern = re.compile(pull_url_pattern(cfg.pull_hosts), re.ASCII)
 
     def status(self) -> dict[str, Any]:
         return {"version": self.version, "slot": self.slot, "trial": self.trial, "state": self.state,
