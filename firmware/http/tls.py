@@ -13,7 +13,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     certificate; TlsError naming the file when it cannot be used."""
     for what, p in (("certificate", cert), ("key", key)):
         if not p.is_file():
-            raise TlsError(f"TLS {what} {p} is missing: `cuecam provision` creates tls/device.crt and "
+            raise TlsError(f"TLS {what} {p} is missing: `cuecam provision --tls` creates tls/device.crt and "
                            "tls/device.key; or remove api.tls")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
