@@ -85,7 +85,7 @@ bench: setup ## print throughput, start-up and memory figures (key: value lines)
 fuzz: setup ## schemathesis against the real firmware's /openapi.json: FUZZ_CASES (10000) cases, 0 failures
 	FUZZ_CASES=$(FUZZ_CASES) $(PY) tests/fuzz/fuzz_api.py
 
-soak: setup ## replay as fast as possible with the API under load for SOAK_S (1800) s; prints growth figures
+soak: setup ## replay as fast as possible with the API under load: 60 s warm-up, then SOAK_S (1800) s measured
 	SOAK_S=$(SOAK_S) $(PY) tests/soak/soak.py
 
 lint: venv ## ruff and mypy
