@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,8 @@ def _ota_keys(values: list[str]) -> list[str]:
     return sorted(set(keys), key=keys.index)
 
 
-def board_config(template: Path, name: str, *, ota_keys: list[str], tls: bool, port: int | None) -> str:
+def board_config(template: Path, name: str, *, ota_keys: list[str], tls: bool, port: int | None,
+                 gateway: str | None = None) -> str:
     try:
         text = template.read_text(encoding="utf-8")
     except OSError as e:
@@ -88,6 +90,13 @@ def board_config(template: Path, name: str, *, ota_keys: list[str], tls: bool, p
     data["api"] = api
     if ota_keys:
         data["ota"] = {**(data.get("ota") or {}), "trusted_keys": ota_keys}
+    if gateway:
+        # the board pulls updates from its gateway (POST /v1/ota/pull): allow that host, and only it
+        host = urllib.parse.urlsplit(gateway).hostname
+        if host:
+            ota = dict(data.get("ota") or {})
+            ota["pull_hosts"] = sorted({*(ota.get("pull_hosts") or []), host})
+            data["ota"] = ota
     out = (f"# cuecam board config for {name}, from {template.name} by `cuecam provision`.\n"
            f"# Installed as {ETC}/board.yaml; paths are absolute, as on the board.\n")
     out += yaml.safe_dump(data, sort_keys=False)
@@ -133,7 +142,8 @@ def make_bundle(args: argparse.Namespace) -> tuple[dict[str, bytes], dict[str, A
             raise ProvisionError(f"--ip {ip!r} is not an IP address") from None
     if args.gateway and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", args.gateway):
         raise ProvisionError(f"--gateway {args.gateway!r}: expected a URL such as http://10.0.0.2:9000")
-    cfg = board_config(args.template, args.name, ota_keys=_ota_keys(args.ota_pub), tls=args.tls, port=args.port)
+    cfg = board_config(args.template, args.name, ota_keys=_ota_keys(args.ota_pub), tls=args.tls, port=args.port,
+                       gateway=args.gateway)
     kind = yaml.safe_load(cfg)["board"]["kind"]
     token = secrets.token_urlsafe(32)  # 256 bits
     device = {"schema": 1, "name": args.name, "kind": kind, "template": args.template.name, "gateway": args.gateway,

@@ -52,6 +52,7 @@ def test_provision_out_dir_for_the_gateway(tmp_path: Path, capsys: pytest.Captur
     assert cfg["camera"] == yaml.safe_load(RPI4.read_text())["camera"]  # the rest is the template's
     assert load_config(d / "board.yaml").config.board.name == "shelf-3"
     assert json.loads((d / "device.json").read_text())["gateway"] == "http://127.0.0.1:9000"
+    assert cfg["ota"]["pull_hosts"] == ["127.0.0.1"]  # the board may pull its updates from its gateway
     # a second run would lock the gateway out: refused unless --force, which makes a new token
     assert cuecam(["provision", "--template", str(RPI4), "--name", "shelf-3", "--out", str(tmp_path)]) == 2
     assert "--force" in capsys.readouterr().err
