@@ -77,8 +77,8 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict]:
 
 def test_numpy_in_the_emulated_python_is_debians(pi_env: dict[str, object]) -> None:
     root, site = Path(str(pi_env["root"])), Path(str(pi_env["site"]))
-    probe = ("import json, platform, numpy, cv2, scipy, ai_edge_litert; print(json.dumps({'machine': platform.machine(), "
-             "'numpy': numpy.__version__, 'numpy_file': numpy.__file__, 'cv2': cv2.__version__, 'scipy': scipy.__version__}))")
+    probe = ("import json, platform, numpy, cv2, lap, ai_edge_litert; print(json.dumps({'machine': platform.machine(), "
+             "'numpy': numpy.__version__, 'numpy_file': numpy.__file__, 'cv2': cv2.__version__, 'lap': lap.__version__}))")
     cmd = piroot.emulated_command(root, Path(str(pi_env["cpuinfo"])), ["/usr/bin/python3", "-c", probe])
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=piroot.emulated_env(site))
     assert r.returncode == 0, r.stderr[-3000:]

@@ -57,7 +57,7 @@ def test_install_into_a_staging_root_twice(tmp_path: Path) -> None:
     venv_py = opt / "venv/bin/python"
     assert "include-system-site-packages = true" in (opt / "venv/pyvenv.cfg").read_text()
     assert f"numpy=={numpy_version}" in (opt / "constraints.txt").read_text().splitlines()
-    probe = ("import json, numpy, yaml, cv2, scipy, ai_edge_litert, firmware; print(json.dumps({'numpy': numpy.__version__, "
+    probe = ("import json, numpy, yaml, cv2, lap, ai_edge_litert, firmware; print(json.dumps({'numpy': numpy.__version__, "
              "'numpy_file': numpy.__file__, 'yaml_file': yaml.__file__, 'firmware': firmware.__file__}))")
     got = json.loads(subprocess.run([str(venv_py), "-c", probe], capture_output=True, text=True, check=True,
                                     cwd=tmp_path).stdout)
