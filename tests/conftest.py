@@ -56,3 +56,14 @@ def sim_config(overrides: dict | None = None):
     loaded = load_config(SIM_CONFIG)
     data = _merge(loaded.config.model_dump(), overrides or {})
     return LoadedConfig(Config.model_validate(data), loaded.path)
+
+
+async def until(cond, seconds: float = 30.0, step: float = 0.02) -> None:
+    """Wait for ``cond()`` to hold, polling every ``step`` seconds, at most ``seconds`` (bounded)."""
+    import asyncio
+
+    for _ in range(max(1, int(seconds / step))):
+        if cond():
+            return
+        await asyncio.sleep(step)
+    raise AssertionError(f"condition not met within {seconds} s")

@@ -66,7 +66,8 @@ def log_text(proc: subprocess.Popen[str]) -> str:
     return path.read_text(errors="replace") if path is not None and path.exists() else ""
 
 
-def wait_url(proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
+def serving_url(proc: subprocess.Popen[str], timeout: float) -> str | None:
+    """The URL from the firmware's "cuecam: serving on URL" line, or None (exited or timed out)."""
     sel = selectors.DefaultSelector()
     assert proc.stdout is not None
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -78,6 +79,13 @@ def wait_url(proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
                 return line.split()[3]
             if not line and proc.poll() is not None:
                 break
+    return None
+
+
+def wait_url(proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
+    url = serving_url(proc, timeout)
+    if url is not None:
+        return url
     stop(proc)
     raise AssertionError(f"no 'serving on' line; log: {log_text(proc)[-4000:]}")
 

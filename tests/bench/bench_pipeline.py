@@ -190,6 +190,17 @@ ZERO2W_S = 20.0  # the Zero 2 W process runs this long before its memory is read
 ZERO2W_WATCHDOG_USEC = 2_000_000  # WatchdogSec=2 s: pings expected every 1 s
 
 
+def _terminate(proc: subprocess.Popen) -> int | str:
+    """SIGTERM, then the exit code; killed (and said so) if it does not stop within 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return f"killed after SIGTERM timeout (code {proc.wait()})"
+
+
 def progress(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
 
@@ -288,13 +299,7 @@ def measure_startup(token: str) -> dict[str, Any]:
             progress("firmware stderr (last lines):\n#   " + "\n#   ".join(tail))
             raise
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                out["process_exit_code"] = proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out["process_exit_code"] = f"killed after SIGTERM timeout (code {proc.wait()})"
+            out["process_exit_code"] = _terminate(proc)
             errlog.seek(0)
             if b"Traceback" in errlog.read():
                 out["process_traceback"] = "yes"  # a traceback on stderr, even with exit code 0
@@ -359,13 +364,7 @@ def measure_zero2w(token: str) -> dict[str, Any]:
                 out["watchdog_gap_max_s"] = max(gaps)
         finally:
             sock.close()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                out["zero2w_exit_code"] = proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out["zero2w_exit_code"] = "killed"
+            out["zero2w_exit_code"] = _terminate(proc)
     return out
 
 

@@ -11,18 +11,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from firmware.app import build_service
 from firmware.http.app import build_app
-from tests.conftest import sim_config
+from tests.conftest import sim_config, until
 
 TOKEN = "clock-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+
 async def _until(cond, seconds: float = 30.0, step: float = 0.02) -> None:
-    for _ in range(int(seconds / step)):  # bounded
-        if cond():
-            return
-        await asyncio.sleep(step)
-    raise AssertionError("condition not met in time")
+    await until(cond, seconds, step)
 
 
 async def test_a_wall_clock_jump_of_plus_and_minus_one_hour_loses_duplicates_and_expires_nothing(models_dir, vtest,

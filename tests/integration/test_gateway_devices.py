@@ -22,6 +22,7 @@ from host_tools.gateway.config import load_gateway_config
 from host_tools.gateway.service import Gateway
 from host_tools.gateway.simdevice import SimBoard
 from host_tools.simstore import PLANS, REPO, SimDevice, free_port, write_device
+from tests.conftest import until
 
 
 class Proxy:
@@ -71,12 +72,8 @@ def sqlite_seqs(db: Path) -> dict[tuple[str, str], list[int]]:
     return out
 
 
-async def wait_for(cond, limit_s: float = 20.0, step: float = 0.1) -> None:
-    t_end = time.monotonic() + limit_s
-    while not cond():
-        if time.monotonic() > t_end:
-            raise AssertionError("timed out")
-        await asyncio.sleep(step)
+async def wait_for(cond, limit_s: float = 20.0) -> None:
+    await until(cond, limit_s, 0.1)
 
 
 def gateway_on(cfg_path: Path, delivered: list) -> Gateway:

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from firmware.app import build_service
 from firmware.http.app import build_app
-from tests.conftest import sim_config
+from tests.conftest import sim_config, until
 from tests.scenes import run_scene
 
 TOKEN = "privacy-test-token-0123456789"
@@ -31,12 +31,9 @@ async def _client(overrides: dict, tmp_path, wall_clock=time.time, clock=time.mo
     return c
 
 
+
 async def _until(cond, seconds: float = 30.0, step: float = 0.02) -> None:
-    for _ in range(int(seconds / step)):  # bounded
-        if cond():
-            return
-        await asyncio.sleep(step)
-    raise AssertionError("condition not met in time")
+    await until(cond, seconds, step)
 
 
 async def _get(c: TestClient, path: str) -> dict:

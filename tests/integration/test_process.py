@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import shutil
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, SIM_CONFIG
+from tests.device import serving_url
 
 TOKEN = "process-test-token-0123456789"
 
@@ -35,17 +35,9 @@ def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[st
 
 
 def _wait_url(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
-    sel = selectors.DefaultSelector()
-    assert proc.stdout is not None
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sel.select(timeout=0.2):
-            line = proc.stdout.readline()
-            if line.startswith("cuecam: serving on "):
-                return line.split()[3]
-            if not line and proc.poll() is not None:
-                break
+    url = serving_url(proc, timeout)
+    if url is not None:
+        return url
     proc.kill()
     raise AssertionError(f"no 'serving on' line; stderr: {proc.stderr.read() if proc.stderr else ''}")
 

@@ -22,7 +22,7 @@ from firmware.app import Service, load_models
 from firmware.camera import create_camera
 from firmware.camera.faults import FaultyCamera
 from firmware.sdnotify import Notifier
-from tests.conftest import ROOT, SIM_CONFIG, sim_config
+from tests.conftest import ROOT, SIM_CONFIG, sim_config, until
 
 
 class Listener:
@@ -95,12 +95,9 @@ def test_notifier_speaks_to_an_abstract_socket_and_honours_watchdog_pid():
     assert gone.notify(STATUS="x") is False and gone.errors == 1
 
 
+
 async def _until(cond, seconds: float = 30.0, step: float = 0.01) -> None:
-    for _ in range(int(seconds / step)):  # bounded
-        if cond():
-            return
-        await asyncio.sleep(step)
-    raise AssertionError("condition not met in time")
+    await until(cond, seconds, step)
 
 
 def _gaps(ts: list[float]) -> list[float]:
