@@ -14,6 +14,7 @@ import contextlib
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,7 @@ class DeviceState:
     polls: int = 0
     errors: int = 0
     rejected: int = 0  # vectors in a page that did not parse
-    latency_ms: list[float] = field(default_factory=list)  # recent poll round trips
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))  # recent poll round trips
 
     def to_json(self, now: float, cursor: Any) -> dict[str, Any]:
         lat = sorted(self.latency_ms)
@@ -94,7 +95,7 @@ class DevicePoller:
             if resp.status != 200:
                 raise DeviceProtocolError(f"HTTP {resp.status}: {body[:200].decode('utf-8', 'replace')}")
         dt = self.mono() - t0
-        self.state.latency_ms = (self.state.latency_ms + [dt * 1000])[-200:]
+        self.state.latency_ms.append(dt * 1000)
         for i, b in enumerate(LATENCY_BUCKETS):
             self.hist[i] += dt <= b
         self.hist[-1] += 1

@@ -22,6 +22,7 @@ import hmac
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -70,7 +71,7 @@ class Gateway:
         self.stop_event = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._session: aiohttp.ClientSession | None = None
-        self.ingest_lag: list[float] = []  # window end -> taken by the gateway, seconds (recent)
+        self.ingest_lag: deque[float] = deque(maxlen=2000)  # window end -> taken by the gateway, seconds (recent)
         self.actions_total: dict[tuple[str, str], int] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -107,7 +108,7 @@ class Gateway:
     # -- the flow ------------------------------------------------------------------------------
     async def _on_vectors(self, recs: list[Rec]) -> None:
         now = self.clock()
-        self.ingest_lag = (self.ingest_lag + [now - r.t1 for r in recs])[-2000:]
+        self.ingest_lag.extend(now - r.t1 for r in recs)
         for d in self.engine.on_vectors(recs):
             await self._act(d)
 
