@@ -49,10 +49,36 @@ PLANS: tuple[tuple[str, dict[str, Any]], ...] = (
 DEMO_RULES = Path(__file__).with_name("gateway") / "demo_rules.yaml"
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A loopback port for a server that binds it later (another process, or a restart on the same
+    port). Picked below the kernel's ephemeral range, so no port-0 bind or outgoing connection made
+    meanwhile can take it, and never handed out twice by this process."""
+    lo, _hi = _ephemeral_range()
+    first, last = (10000, lo - 1) if lo > 11000 else (lo, 65535)
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(first, last)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise OSError(f"no free loopback port in {first}-{last}")
 
 
 @dataclass
@@ -208,6 +234,7 @@ async def run_sim_store(*, n_devices: int = 3, duration: float | None = None, mq
     tasks: list[asyncio.Task[Any]] = []
     hook_runner: web.AppRunner | None = None
     gw: Gateway | None = None
+    gw_task: asyncio.Task[Any] | None = None
     try:
         for d in devices:
             d.start()
@@ -229,8 +256,8 @@ async def run_sim_store(*, n_devices: int = 3, duration: float | None = None, mq
         hook_app.router.add_post("/{name}", receiver.handle)
         hook_runner = web.AppRunner(hook_app, access_log=None)
         await hook_runner.setup()
-        hook_port = free_port()
-        await web.TCPSite(hook_runner, "127.0.0.1", hook_port).start()
+        await web.TCPSite(hook_runner, "127.0.0.1", 0).start()
+        hook_port = int(hook_runner.addresses[0][1])
         gw_cfg = gateway_config(wd, devices, mqtt_port=mqtt_port, hook_url=f"http://127.0.0.1:{hook_port}",
                                 hook_secret_file=secret_file, gateway_port=gateway_port, sqlite=sqlite)
         await _wait_devices(devices, say)
@@ -282,6 +309,9 @@ async def run_sim_store(*, n_devices: int = 3, duration: float | None = None, mq
                 await t
         if gw is not None and not gw.stop_event.is_set():
             gw.stop_event.set()
+        if gw_task is not None and not gw_task.done():  # its outputs close before the broker goes
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(gw_task, 15)
         if hook_runner is not None:
             await hook_runner.cleanup()
         for d in devices:

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from host_tools.ota_cli import tree_files
+from host_tools.simstore import free_port
 from ota.slots import SlotStore
 from tests.conftest import MEDIA_DIR, MODELS_DIR, ROOT, SIM_CONFIG
 
@@ -42,12 +42,6 @@ def _tree(dst: Path, version: str, patch: dict[str, str] | None = None) -> Path:
     for rel, text in (patch or {}).items():
         (dst / rel).write_text(text)
     return dst
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status(url: str) -> dict | None:
@@ -81,7 +75,7 @@ def board(tmp_path, models_dir, vtest):
     cfg["ota"] = {"root": str(ota_root), "trusted_keys": [keys["public_key"]], "health_timeout_s": 20, "max_boot_attempts": 2}
     board_yaml = tmp_path / "board.yaml"
     board_yaml.write_text(yaml.safe_dump(cfg))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "ota.launch", "--root", str(ota_root), "--max-boot-attempts", "2", "--supervise",
          "--", "--config", str(board_yaml), "--port", str(port)],

@@ -330,3 +330,19 @@ def test_the_shipped_example_config_is_valid():
     loaded = load_gateway_config(Path(__file__).parents[2] / "host_tools" / "gateway" / "example.yaml")
     assert [d.name for d in loaded.config.devices] == ["cam-entrance", "cam-display", "cam-aisle-3"]
     assert loaded.config.store.sqlite and loaded.config.outputs.mqtt is not None
+
+
+def test_free_port_stays_out_of_the_ephemeral_range_and_is_never_handed_out_twice():
+    # sim-store picks board ports before the boards bind them; a port-0 bind made meanwhile (the
+    # webhook receiver, the gateway) once took a board's port and the board exited with 3
+    import socket
+
+    from host_tools.simstore import _ephemeral_range, free_port
+
+    lo, hi = _ephemeral_range()
+    ports = [free_port() for _ in range(60)]
+    assert len(set(ports)) == 60
+    assert all(not (lo <= p <= hi) for p in ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        assert lo <= s.getsockname()[1] <= hi  # what the kernel hands a port-0 bind
