@@ -301,9 +301,16 @@ class Service:
             t0 = self.now()
             frames, tracks = await self.pipeline.pause()
             lookback = self.config.privacy.optout.lookback_s
-            t_wall = self.wall()  # for readers (the gateway); the purge itself runs on the monotonic clock
-            vectors = (self.vectors.clear() if lookback is None
-                       else self.vectors.purge_since(self.now() - lookback, field="t_mono"))
+            t_wall = self.wall()  # for people reading it; the purge itself runs on the monotonic clock
+            # readers (the gateway) forget by sequence numbers, which no clock jump can shift: every
+            # vector of this boot from seq_from to seq_to (the newest; windows still open are dropped)
+            seq_to = self.vectors.newest_seq
+            if lookback is None:
+                seq_from, vectors = 1, self.vectors.clear()
+            else:
+                cutoff = self.now() - lookback
+                seq_from = self.vectors.first_seq_from(cutoff, field="t_mono")
+                vectors = self.vectors.purge_since(cutoff, field="t_mono")
             pause_s = self.config.privacy.optout.pause_s
             self.paused_until = self.now() + pause_s
             if self._resume_task is not None:
@@ -313,7 +320,8 @@ class Service:
                 self.signage.show(paused=True)
             latency_ms = (self.now() - t0) * 1000.0
             self.optouts += 1
-            self.purges.append({"n": self.optouts, "since": 0.0 if lookback is None else round(t_wall - lookback, 3),
+            self.purges.append({"n": self.optouts, "seq_from": seq_from, "seq_to": seq_to,
+                                "since": 0.0 if lookback is None else round(t_wall - lookback, 3),
                                 "t": round(t_wall, 3)})
             self.last_optout = {"source": source, "latency_ms": round(latency_ms, 2),
                                 "purged": {"vectors": vectors, "tracks": tracks, "frames": frames}}

@@ -121,6 +121,18 @@ class RingBuffer:
         self._data[hit] = self._zero
         return len(hit)
 
+    def first_seq_from(self, t: float, field: str = "t_wall") -> int:
+        """The sequence number from which on every record's ``field`` is at or after ``t``: one past
+        the newest held record made before ``t`` (records are appended in time order). 1 when no
+        held record is older: the ones already expired or overwritten may have been made after t."""
+        first, last = self.oldest_seq, self.newest_seq
+        if last < first:
+            return 1
+        idx = np.arange(first, last + 1, dtype=np.int64) % self._capacity
+        rec = self._data[idx]
+        older = np.flatnonzero((rec[field] < t) & (rec["seq"] != 0))
+        return int(rec["seq"][older[-1]]) + 1 if len(older) else 1
+
     # -- reads ------------------------------------------------------------------------------
     def _take(self, first: int, last: int) -> np.ndarray:
         """Copy records first..last (inclusive sequence numbers)."""

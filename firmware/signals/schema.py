@@ -192,11 +192,16 @@ VECTORS_SCHEMA: dict[str, Any] = {
                     "description": "Random per start of the firmware: when it changes, seq numbering restarted "
                                    "(the buffer is RAM only), so a reader starts again from since=0."},
         "purges": {"type": "array", "maxItems": 8,
-                   "description": "The last opt-out purges of this run: n (1, 2, ...), and the wall-clock span "
-                                  "[since, t] whose vectors were purged; a reader forgets its copies of them.",
-                   "items": {"type": "object", "additionalProperties": False, "required": ["n", "since", "t"],
-                             "properties": {"n": {"type": "integer", "minimum": 1}, "since": {"type": "number"},
-                                            "t": {"type": "number"}}}},
+                   "description": "The last opt-out purges of this run: n (1, 2, ...); every vector of this "
+                                  "boot with seq_from <= seq <= seq_to was purged, and a reader forgets its "
+                                  "copies of them (by seq: a wall-clock jump cannot shift it). since and t are "
+                                  "the wall-clock look-back start (0: all) and press time, for people.",
+                   "items": {"type": "object", "additionalProperties": False,
+                             "required": ["n", "seq_from", "seq_to", "since", "t"],
+                             "properties": {"n": {"type": "integer", "minimum": 1},
+                                            "seq_from": {"type": "integer", "minimum": 0},
+                                            "seq_to": {"type": "integer", "minimum": 0},
+                                            "since": {"type": "number"}, "t": {"type": "number"}}}},
         "cursor": {"type": "integer", "description": "Pass back as `since` to continue."},
         "lost": {"type": "integer", "description": "Vectors after `since` already expired or overwritten."},
         "more": {"type": "boolean"},

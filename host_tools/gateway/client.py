@@ -152,14 +152,14 @@ class DevicePoller:
         if not fresh:
             return
         try:
-            spans = [(float(p["since"]) + self.offset, float(p["t"]) + self.offset) for p in fresh]
+            spans = [(int(p["seq_from"]), int(p["seq_to"])) for p in fresh]
         except (KeyError, TypeError, ValueError) as e:
-            raise DeviceProtocolError(f"bad purges entry: {e}") from e
+            raise DeviceProtocolError(f"bad purges entry (firmware too old for this gateway?): {e}") from e
         if min(p["n"] for p in fresh) > seen + 1:
-            spans.append((0.0, max(t for _s, t in spans)))  # purges were missed: forget all up to the last
+            spans.append((1, max(hi for _lo, hi in spans)))  # purges were missed: forget all up to the last
         n = 0
-        for since, until in spans:
-            n += await self.store.forget(self.name, boot, since, until)
+        for lo, hi in spans:
+            n += await self.store.forget(self.name, boot, lo, hi)
         cur.purges_seen = max(p["n"] for p in fresh)
         log.info("%s: opt-out on the board; forgot %d vectors the gateway held from it", self.name, n)
 

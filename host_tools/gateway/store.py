@@ -195,15 +195,15 @@ class Store:
             cur.boots += 1
         return cur
 
-    async def forget(self, device: str, boot: str, since: float, until: float) -> int:
-        """An opt-out on the board purged its vectors of [since, until] (wall clock): forget our
+    async def forget(self, device: str, boot: str, seq_from: int, seq_to: int) -> int:
+        """An opt-out on the board purged its vectors seq_from..seq_to of this boot: forget our
         copies too, in RAM and SQLite, and rebuild the sessions and buckets without them."""
         def purged(r: Rec) -> bool:
-            return r.device == device and r.boot == boot and since <= r.t1 <= until + 1.0
+            return r.device == device and r.boot == boot and seq_from <= r.seq <= seq_to
 
         n = sum(1 for r in self.recs if purged(r))
         if self.db is not None:
-            await self.db.call(self.db.forget, device, boot, since, until + 1.0)
+            await self.db.call(self.db.forget, device, boot, seq_from, seq_to)
         if n:
             keep = [r for r in self.recs if not purged(r)]
             self.recs.clear()
@@ -372,11 +372,12 @@ class _Db:
             c.executemany("INSERT INTO history VALUES (?, ?, ?, ?) ON CONFLICT(day, hour) DO UPDATE SET "
                           "visitors=max(visitors, excluded.visitors)", [(*k, v) for k, v in closed.items()])
 
-    def forget(self, device: str, boot: str, since: float, until: float) -> None:
+    def forget(self, device: str, boot: str, seq_from: int, seq_to: int) -> None:
         c = self._c()
         with c:
             c.execute("BEGIN IMMEDIATE")
-            c.execute("DELETE FROM vectors WHERE device = ? AND boot = ? AND t1 BETWEEN ? AND ?", (device, boot, since, until))
+            c.execute("DELETE FROM vectors WHERE device = ? AND boot = ? AND seq BETWEEN ? AND ?",
+                      (device, boot, seq_from, seq_to))
 
     def write_history(self, history: dict[tuple[str, int, int], int]) -> None:
         c = self._c()

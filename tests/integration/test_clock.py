@@ -75,3 +75,39 @@ async def test_a_wall_clock_jump_of_plus_and_minus_one_hour_loses_duplicates_and
         after = svc.paused_remaining()
         assert before is not None and after is not None and 0 < before - after < 1.0
         assert svc.expired == 0
+
+
+async def test_an_optout_look_back_after_a_wall_clock_jump_names_exactly_the_purged_vectors(models_dir, vtest,
+                                                                                             tmp_path):
+    # the gateway forgets what the board purged by the seq range in /v1/vectors' purges, so a wall
+    # clock set back an hour between the vectors and the press shifts nothing
+    offset = [0.0]
+    loaded = sim_config({"camera": {"pacing": "fast"}, "signals": {"pose": "off"}, "thermal": {"sensor": "none"},
+                         "privacy": {"audit_log": str(tmp_path / "audit.jsonl"),
+                                     "optout": {"pins": "none", "pause_s": 600, "lookback_s": 2.0}}})
+    svc, token = await build_service(loaded, token_env={"CUECAM_API_TOKEN": TOKEN},
+                                     wall_clock=lambda: time.time() + offset[0])
+    async with TestClient(TestServer(build_app(svc, token), host="127.0.0.1")) as c:
+        first_mono: list[float] = []
+
+        def old_and_new() -> bool:
+            held = svc.vectors.between(0, svc.now() + 1, 10_000, field="t_mono").records
+            if len(held) and not first_mono:
+                first_mono.append(float(held["t_mono"][0]))
+            return bool(first_mono) and svc.now() - first_mono[0] > 4.0 and \
+                int(((held["t_mono"] >= svc.now() - 1.0)).sum()) >= 3
+        await _until(old_and_new)
+        offset[0] = -3600.0  # NTP sets the clock back just before the press
+        before = {int(s) for s in svc.vectors.between(0, svc.now() + 1, 10_000, field="t_mono").records["seq"]}
+        await svc.optout("api")
+        body = await (await c.get("/v1/vectors?since=0&limit=1000", headers=AUTH)).json()
+    after = {v["seq"] for v in body["vectors"]}
+    (purge,) = body["purges"]
+    lo, hi = purge["seq_from"], purge["seq_to"]
+    purged = before - after
+    assert purged and after, "some vectors purged by the look-back, older ones kept"
+    assert purged == {s for s in before if lo <= s <= hi}, "the seq range names exactly what was purged"
+    assert not [s for s in after if lo <= s <= hi] and max(after) < lo <= min(purged)
+    assert svc.last_optout["purged"]["vectors"] == hi - lo + 1  # a window closing during the pause counts too
+    # the wall-clock span for people still reads the clock as it was set
+    assert purge["t"] < time.time() - 3000

@@ -148,6 +148,28 @@ async def test_store_sqlite_survives_restart_and_purge_really_purges(tmp_path):
     assert rows == [(6, "late")] and tokens_anywhere == 0
 
 
+async def test_forget_removes_exactly_the_purged_seq_range_whatever_the_wall_clock_said(tmp_path):
+    clk = Clock()
+    db = tmp_path / "f.sqlite"
+    s = Store(retention_s=7200, bucket_s=60, sqlite=db, clock=clk)
+    await s.open()
+    boot, other = "d" * 16, "e" * 16
+    # seqs 4-6 stamped an hour behind (the board's clock was set back): a time span would miss them
+    recs = [rec(i, clk.t - (3600 if 4 <= i <= 6 else 0), boot=boot, token=f"p{i}") for i in range(1, 9)]
+    await s.ingest("cam-a", boot, recs, cursor=8)
+    await s.ingest("cam-b", other, [rec(i, clk.t, device="cam-b", boot=other, token=f"p{i}") for i in range(1, 9)],
+                   cursor=8)
+    assert await s.forget("cam-a", boot, 3, 6) == 4
+    assert sorted(r.seq for r in s.recs if r.device == "cam-a") == [1, 2, 7, 8]
+    assert len([r for r in s.recs if r.device == "cam-b"]) == 8  # another board's seqs 3-6 stay
+    assert not {f"cam-a/p{i}" for i in range(3, 7)} & set(s.sessions)
+    assert await s.forget("cam-a", "f" * 16, 1, 8) == 0  # a past boot's numbering is another
+    await s.close()
+    with sqlite3.connect(db) as c:
+        held = c.execute("SELECT device, seq FROM vectors ORDER BY device, seq").fetchall()
+    assert held == [("cam-a", 1), ("cam-a", 2), ("cam-a", 7), ("cam-a", 8)] + [("cam-b", i) for i in range(1, 9)]
+
+
 async def test_history_counts_closed_hours_without_tokens(tmp_path):
     start = datetime(2026, 11, 18, 10, 30).timestamp()
     clk = Clock(start)

@@ -399,3 +399,15 @@ def test_matches_a_list_model(capacity: int, ops: list[tuple]) -> None:
     got, lost, _ = drain(rb, 0, 3)
     assert got == held
     assert lost == next_seq - 1 - len(held)
+
+
+def test_first_seq_from_is_where_a_look_back_purge_starts() -> None:
+    rb = filled(8, 12)  # holds seqs 5..12, t_wall = 1000 + seq
+    assert rb.first_seq_from(1009.5) == 10  # 10, 11, 12 are at or after it
+    assert rb.purge_since(1009.5) == 3 and seqs(rb.since(0, 100)) == [5, 6, 7, 8, 9]
+    assert rb.first_seq_from(1007.0) == 7  # the holes left by the purge do not count as older
+    # nothing held is older: seqs 1-4 (overwritten) may have been made after t too
+    assert rb.first_seq_from(1000.0) == 1
+    assert rb.first_seq_from(2000.0) == 10  # nothing at or after it: one past the newest record held
+    rb.clear()
+    assert rb.first_seq_from(2000.0) == 1
