@@ -2,6 +2,7 @@
 
     cuecam gateway run   --config gateway.yaml          # poll the boards, decide, serve the gateway API
     cuecam gateway check --config gateway.yaml          # validate a gateway config (exit 2 if invalid)
+    cuecam gateway import-history --config gateway.yaml visitors.csv  # past hourly footfall as baselines
     cuecam gateway bench --devices 32 --duration 20     # one gateway polling 32 simulated boards
     cuecam sim-store [--devices 3] [--duration S]       # a whole store on this machine (see simstore.py)
     cuecam bench  --url URL --token-file F              # a board's API under load: latency percentiles
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,11 @@ def add_parsers(sub: Any, device_sub: Any, common: Any) -> None:
     chk = gsub.add_parser("check", help="validate a gateway config and the secrets it names")
     chk.add_argument("--config", type=Path, required=True)
     chk.add_argument("--json", action="store_true", help="print the result as JSON")
+    imp = gsub.add_parser("import-history", help="hourly visitor counts (CSV date,hour,visitors) into the "
+                                                "gateway's SQLite history, as slow-hour baselines")
+    imp.add_argument("--config", type=Path, required=True, help="gateway config (YAML) with store.sqlite")
+    imp.add_argument("csv", type=Path, help="CSV with the header date,hour,visitors (e.g. a door counter's export)")
+    imp.add_argument("--json", action="store_true", help="print the result as JSON")
     b = gsub.add_parser("bench", help="one gateway process polling N simulated boards: CPU, latency, exactly-once")
     b.add_argument("--devices", type=int, default=32)
     b.add_argument("--rate", type=float, default=5.0, help="vectors per second per simulated board")
@@ -69,7 +76,8 @@ def add_parsers(sub: Any, device_sub: Any, common: Any) -> None:
 
 def run(args: argparse.Namespace, token: str | None) -> int:
     if args.group == "gateway":
-        return {"run": _gateway_run, "check": _gateway_check, "bench": _gateway_bench}[args.cmd](args)
+        return {"run": _gateway_run, "check": _gateway_check, "bench": _gateway_bench,
+                "import-history": _gateway_import_history}[args.cmd](args)
     if args.group == "sim-store":
         if not 1 <= args.devices <= 12:
             print("error: --devices must be 1-12", file=sys.stderr)
@@ -120,6 +128,52 @@ def _gateway_check(args: argparse.Namespace) -> int:
     else:
         print(f"{args.config}: ok ({len(result['devices'])} devices, {len(result['rules'])} rules, "
               f"outputs {', '.join(result['outputs'])})")
+    return 0
+
+
+def _gateway_import_history(args: argparse.Namespace) -> int:
+    from firmware.errors import ConfigError
+
+    from .gateway.history import parse_history_csv
+    from .gateway.store import Store
+
+    loaded = _load(args.config)
+    if loaded is None:
+        return 2
+    st = loaded.config.store
+    if st.sqlite is None:
+        print(f"{args.config}: store.sqlite is not set: the history would be gone when this command ends",
+              file=sys.stderr)
+        return 2
+    try:
+        parsed = parse_history_csv(args.csv, history_days=st.history_days)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+
+    async def write() -> int:
+        store = Store(retention_s=st.retention_s, bucket_s=st.bucket_s, history_days=st.history_days,
+                      sqlite=loaded.resolve(st.sqlite))
+        await store.open()
+        try:
+            await store.seed_history(parsed.rows)
+            return len(store.history)
+        finally:
+            await store.close()
+
+    try:
+        held = asyncio.run(write())
+    except (OSError, sqlite3.Error) as e:
+        print(f"error: cannot write the history: {e}", file=sys.stderr)
+        return 1
+    result = {"imported": len(parsed.rows), "too_old": parsed.too_old, "history_hours": held,
+              "sqlite": str(loaded.resolve(st.sqlite))}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"imported {result['imported']} hours ({result['too_old']} older than store.history_days="
+              f"{st.history_days} skipped); {held} hours of history in {result['sqlite']}. A running gateway "
+              "reads them when it next starts.")
     return 0
 
 

@@ -166,3 +166,46 @@ async def test_gateway_run_process_serves_and_stops_on_sigterm(tmp_path):
             assert proc.wait(15) == 0
     finally:
         await board.stop()
+
+
+def test_import_history_gives_the_slow_hour_rule_baselines_and_a_bad_file_changes_nothing(tmp_path):
+    from datetime import datetime, timedelta
+
+    from host_tools.gateway.config import load_gateway_config
+    from host_tools.gateway.service import Gateway
+
+    board = SimBoard("a", 1.0)
+    board.port = 9  # not started: nothing polls
+    path = write_config(tmp_path, [board])
+    cli = [sys.executable, "-m", "host_tools.cli", "gateway", "import-history", "--config", str(path)]
+    now = datetime.now()
+    weeks = [(now - timedelta(weeks=w)).date() for w in (1, 2, 3, 4)]
+    csv = tmp_path / "visitors.csv"
+    rows = [f"{d.isoformat()},{now.hour},{400 + 10 * i}" for i, d in enumerate(weeks)]
+    rows.append(f"{(now - timedelta(days=400)).date().isoformat()},9,7")  # older than history_days
+    csv.write_text("date,hour,visitors\n" + "\n".join(rows) + "\n")
+    no_db = subprocess.run([*cli, str(csv)], capture_output=True, text=True, timeout=60)
+    assert no_db.returncode == 2 and "store.sqlite" in no_db.stderr  # it would be gone at exit
+    path = write_config(tmp_path, [board], sqlite=True)
+    ok = subprocess.run([*cli, str(csv), "--json"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) | {"sqlite": ""} == {"imported": 4, "too_old": 1, "history_hours": 4, "sqlite": ""}
+    # a bad file: a clear file:line error, and what was imported stays as it was
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"date,hour,visitors\n{weeks[0].isoformat()},{now.hour},5\n{weeks[1].isoformat()},24,5\n")
+    res = subprocess.run([*cli, str(bad)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and f"{bad}:3: hour '24'" in res.stderr
+    dup = tmp_path / "dup.csv"
+    dup.write_text(f"date,hour,visitors\n{weeks[0].isoformat()},3,5\n{weeks[0].isoformat()},3,6\n")
+    res = subprocess.run([*cli, str(dup)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and f"{dup}:3:" in res.stderr and "line 2" in res.stderr
+
+    async def baseline() -> list[int]:
+        gw = Gateway(load_gateway_config(path))
+        await gw.store.open()
+        try:
+            return gw.store.baseline(now.weekday(), now.hour, now.strftime("%Y-%m-%d"))
+        finally:
+            await gw.store.close()
+
+    assert asyncio.run(baseline()) == [400, 410, 420, 430]

@@ -307,7 +307,7 @@ def test_every_subcommand_has_help():
     from host_tools.cli import main
 
     groups = {"device": ["health", "status", "vectors", "aggregates", "optout", "press", "audit", "tail"],
-              "gateway": ["run", "check", "bench"], "ota": ["keygen", "build", "sign", "verify", "push"],
+              "gateway": ["run", "check", "bench", "import-history"], "ota": ["keygen", "build", "sign", "verify", "push"],
               "sim-store": [None], "bench": [None], "sign": [None]}
     for group, cmds in groups.items():
         for cmd in cmds:

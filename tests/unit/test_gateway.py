@@ -368,3 +368,40 @@ def test_free_port_stays_out_of_the_ephemeral_range_and_is_never_handed_out_twic
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         assert lo <= s.getsockname()[1] <= hi  # what the kernel hands a port-0 bind
+
+
+@pytest.mark.parametrize("text, error", [
+    (b"day,hour,visitors\n2026-11-18,10,3\n", ":1: the first line must be the header"),
+    (b"date,hour,visitors\n2026-11-18,10\n", ":2: 2 fields"),
+    (b"date,hour,visitors\n18.11.2026,10,3\n", ":2: date '18.11.2026' is not YYYY-MM-DD"),
+    (b"date,hour,visitors\n2026-11-18,-1,3\n", ":2: hour '-1'"),
+    (b"date,hour,visitors\n2026-11-18,10,3.5\n", ":2: visitors '3.5'"),
+    (b"date,hour,visitors\n2026-11-18,10,99999999\n", ":2: visitors '99999999'"),
+    (b"date,hour,visitors\n2026-11-26,10,3\n", ":2: 2026-11-26 is in the future"),
+    (b"date,hour,visitors\n2026-11-18,10,\xff\n", "not UTF-8"),
+])
+def test_history_csv_errors_name_file_and_line(tmp_path, text, error):
+    from datetime import date
+
+    from host_tools.gateway.history import parse_history_csv
+
+    f = tmp_path / "h.csv"
+    f.write_bytes(text)
+    with pytest.raises(ConfigError) as e:
+        parse_history_csv(f, history_days=56, today=date(2026, 11, 25))
+    assert str(e.value).startswith(str(f)) and error in str(e.value)
+
+
+def test_history_csv_reads_a_spreadsheet_export(tmp_path):
+    from datetime import date
+
+    from host_tools.gateway import history
+
+    f = tmp_path / "h.csv"
+    # a BOM, CRLF line ends, spaces and blank lines, as spreadsheets write them
+    f.write_bytes(b"\xef\xbb\xbfDate, Hour, Visitors\r\n2026-11-18, 10, 412\r\n\r\n2026-11-25,0,0\r\n2025-01-01,9,5\r\n")
+    got = history.parse_history_csv(f, history_days=56, today=date(2026, 11, 25))
+    assert got.rows == [("2026-11-18", 2, 10, 412), ("2026-11-25", 2, 0, 0)] and got.too_old == 1
+    f.write_bytes(b"date,hour,visitors\n" + b"2026-11-18,1,1\n" * (history.MAX_BYTES // 15))
+    with pytest.raises(ConfigError, match="at most"):
+        history.parse_history_csv(f, history_days=56, today=date(2026, 11, 25))
