@@ -77,6 +77,9 @@ class StoreSection(_Strict):
     # Hourly visitor counts (no tokens) for "slow hour" baselines; kept this many days.
     history_days: int = Field(default=56, ge=1, le=400)
     purge_interval_s: float = Field(default=10.0, gt=0, le=3600)
+    # With sqlite: decisions (rule, zone or "store", counts, explanation, what each output did; no
+    # session tokens) are kept this many days, so /v1/decisions and the cooldowns survive a restart.
+    decisions_days: int = Field(default=30, ge=1, le=400)
 
 
 # -- rules ------------------------------------------------------------------------------------------

@@ -69,6 +69,20 @@ class DecisionEngine:
         self.suppressed = 0  # conditions met during a cooldown
         self.fired_total: dict[str, int] = dict.fromkeys((r.name for r in self.rules), 0)
 
+    def restore(self, saved: list[dict[str, Any]]) -> None:
+        """Decisions kept from before a restart (oldest first): /v1/decisions shows them, ids go on
+        from the newest, and each (rule, subject) cooldown runs on from its last decision (by the wall
+        clock, the only clock a restart keeps), so a restart does not fire a screen twice."""
+        now_m, now = self.monotonic(), self.clock()
+        for j in saved:
+            d = Decision(int(j["id"]), float(j["t"]), str(j["rule"]), str(j["kind"]), str(j["subject"]),
+                         str(j["explanation"]), dict(j["inputs"]), list(j["actions"]))
+            self.decisions.append(d)
+            if any(r.name == d.rule for r in self.rules):
+                self._last_fired[(d.rule, d.subject)] = now_m - max(0.0, now - d.t)
+        if saved:
+            self._ids = itertools.count(int(saved[-1]["id"]) + 1)
+
     # -- evaluation ----------------------------------------------------------------------------
     def on_vectors(self, recs: list[Rec]) -> list[Decision]:
         out = []

@@ -40,6 +40,7 @@ from .store import Rec, Store
 
 log = logging.getLogger("cuecam.gateway")
 TICK_S = 1.0
+STOP_DELIVERY_S = 30.0  # a stop waits this long at most for decisions still being delivered
 
 
 class Gateway:
@@ -53,7 +54,8 @@ class Gateway:
         self.started = time.monotonic()
         self.store = Store(retention_s=cfg.store.retention_s, bucket_s=cfg.store.bucket_s,
                            history_days=cfg.store.history_days,
-                           sqlite=loaded.resolve(cfg.store.sqlite) if cfg.store.sqlite else None, clock=clock)
+                           sqlite=loaded.resolve(cfg.store.sqlite) if cfg.store.sqlite else None, clock=clock,
+                           decisions_days=cfg.store.decisions_days)
         self.engine = DecisionEngine(cfg.rules, self.store, kept=cfg.gateway.decisions_kept, clock=clock)
         self.tokens = {d.name: loaded.secret(d.token, f"devices.{d.name}.token", env) for d in cfg.devices}
         self.api_token = loaded.secret(cfg.gateway.token, "gateway.token", env) if cfg.gateway.token else None
@@ -73,10 +75,12 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self.ingest_lag: deque[float] = deque(maxlen=2000)  # window end -> taken by the gateway, seconds (recent)
         self.actions_total: dict[tuple[str, str], int] = {}
+        self._acting: set[asyncio.Future[None]] = set()  # decisions being delivered
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         await self.store.open()
+        self.engine.restore(await self.store.load_decisions(self.cfg.gateway.decisions_kept))
         for o in self.outputs.values():
             await o.start()
         conn = aiohttp.TCPConnector(limit=0, limit_per_host=2, keepalive_timeout=30)
@@ -99,6 +103,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if self._acting:
+            await asyncio.wait(set(self._acting), timeout=STOP_DELIVERY_S)
         for o in self.outputs.values():
             await o.stop()
         if self._session is not None:
@@ -110,26 +116,44 @@ class Gateway:
         now = self.clock()
         self.ingest_lag.extend(now - r.t1 for r in recs)
         for d in self.engine.on_vectors(recs):
-            await self._act(d)
+            await self._act_through(d)
 
     async def _ticker(self) -> None:
         last_purge = 0.0
         while not self.stop_event.is_set():
             for d in self.engine.tick():
-                await self._act(d)
+                await self._act_through(d)
             if time.monotonic() - last_purge >= self.cfg.store.purge_interval_s:
                 last_purge = time.monotonic()
                 await self.store.purge()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), TICK_S)
 
+    async def _act_through(self, d: Decision) -> None:
+        """A decision's delivery runs to its end even if the gateway is stopped meanwhile (stop()
+        waits for it, bounded by the outputs' own timeouts): no decision is left half-delivered."""
+        t = asyncio.ensure_future(self._act(d))
+        self._acting.add(t)
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._acting.discard(f)
+            if not f.cancelled() and f.exception() is not None:
+                log.error("decision %d (%s): %r", d.id, d.rule, f.exception())
+        t.add_done_callback(done)
+        await asyncio.shield(t)
+
     async def _act(self, d: Decision) -> None:
         rule = self.rules[d.rule]
+        # kept before anything is delivered (a crash meanwhile still leaves it, and its id, on
+        # record), and again with what each output did
+        d.actions = [{"output": a.output, "status": "pending"} for a in rule.then]
+        await self.store.save_decision(d.to_json())
         results = await asyncio.gather(*(self.outputs[a.output].deliver(d, a, self.cfg.gateway.name) for a in rule.then))
         d.actions = list(results)
         for r in results:
             key = (r["output"], r["status"])
             self.actions_total[key] = self.actions_total.get(key, 0) + 1
+        await self.store.save_decision(d.to_json())
         if self.on_decision is not None:
             res = self.on_decision(d)
             if asyncio.iscoroutine(res):
@@ -207,8 +231,8 @@ async def _decisions(request: web.Request) -> web.Response:
     since = _int_arg(request, "since", 0, 0, 2**62)
     limit = _int_arg(request, "limit", 100, 1, 1000)
     ds = gw.engine.recent(since, limit)
-    return _json({"decisions": [d.to_json() for d in ds], "cursor": ds[-1].id if ds else since,
-                  "suppressed_by_cooldown": gw.engine.suppressed})
+    return _json({"epoch": gw.store.epoch, "decisions": [d.to_json() for d in ds],
+                  "cursor": ds[-1].id if ds else since, "suppressed_by_cooldown": gw.engine.suppressed})
 
 
 async def _sessions(request: web.Request) -> web.Response:

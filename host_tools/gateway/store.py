@@ -11,7 +11,9 @@ transaction, so a gateway restart resumes where it stopped, neither losing nor r
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import secrets
 import sqlite3
 import time
 from collections import defaultdict, deque
@@ -134,8 +136,11 @@ def _hour_key(t: float) -> tuple[str, int, int]:
 
 class Store:
     def __init__(self, *, retention_s: float, bucket_s: int, history_days: int = 56, sqlite: Path | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, decisions_days: int = 30) -> None:
         self.retention_s = retention_s
+        self.decisions_days = decisions_days
+        # the decision numbering /v1/decisions' cursors belong to: kept in SQLite, else one per start
+        self.epoch = secrets.token_hex(8)
         self.bucket_s = bucket_s
         self.history_days = history_days
         self.clock = clock
@@ -160,6 +165,18 @@ class Store:
             self.cursors[dev] = DeviceCursor(boot=boot, seq=seq, boots=1)
         self.history.update(history)
         self._index(recs)
+        self.epoch = await self.db.call(self.db.epoch)
+
+    async def load_decisions(self, limit: int) -> list[dict[str, Any]]:
+        """The newest decisions kept in SQLite (within decisions_days), oldest first."""
+        if self.db is None:
+            return []
+        bodies = await self.db.call(self.db.load_decisions, self.clock() - self.decisions_days * 86400, limit)
+        return [json.loads(b) for b in bodies]
+
+    async def save_decision(self, d: dict[str, Any]) -> None:
+        if self.db is not None:
+            await self.db.call(self.db.add_decision, int(d["id"]), float(d["t"]), json.dumps(d))
 
     async def close(self) -> None:
         if self.db is not None:
@@ -252,6 +269,7 @@ class Store:
             del self.history[k]
         if self.db is not None:
             await self.db.call(self.db.purge, cutoff, oldest_day, closed)
+            await self.db.call(self.db.purge_decisions, now - self.decisions_days * 86400)
         self.purged += n
         return n
 
@@ -321,6 +339,8 @@ CREATE INDEX IF NOT EXISTS vectors_received ON vectors (received);
 CREATE TABLE IF NOT EXISTS cursors (device TEXT PRIMARY KEY, boot TEXT NOT NULL, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS history (day TEXT, weekday INTEGER, hour INTEGER, visitors INTEGER,
                                     PRIMARY KEY (day, hour));
+CREATE TABLE IF NOT EXISTS decisions (id INTEGER PRIMARY KEY, t REAL NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -372,6 +392,30 @@ class _Db:
             c.executemany("INSERT INTO history VALUES (?, ?, ?, ?) ON CONFLICT(day, hour) DO UPDATE SET "
                           "visitors=max(visitors, excluded.visitors)", [(*k, v) for k, v in closed.items()])
 
+    def epoch(self) -> str:
+        """This store's decision numbering (random, made once): ids continue across restarts."""
+        c = self._c()
+        with c:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),))
+            return str(c.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0])
+
+    def add_decision(self, id_: int, t: float, body: str) -> None:
+        c = self._c()
+        with c:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("INSERT OR REPLACE INTO decisions VALUES (?, ?, ?)", (id_, t, body))
+
+    def load_decisions(self, since: float, limit: int) -> list[str]:
+        rows = self._c().execute("SELECT body FROM decisions WHERE t >= ? ORDER BY id DESC LIMIT ?", (since, limit))
+        return [r[0] for r in rows][::-1]
+
+    def purge_decisions(self, before: float) -> None:
+        c = self._c()
+        with c:
+            c.execute("BEGIN IMMEDIATE")
+            c.execute("DELETE FROM decisions WHERE t < ?", (before,))
+
     def forget(self, device: str, boot: str, seq_from: int, seq_to: int) -> None:
         c = self._c()
         with c:
@@ -386,7 +430,7 @@ class _Db:
             c.executemany("INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?)", [(*k, v) for k, v in history.items()])
 
     def count(self, table: str) -> int:
-        assert table in ("vectors", "cursors", "history")
+        assert table in ("vectors", "cursors", "history", "decisions")
         return int(self._c().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     def close(self) -> None:
