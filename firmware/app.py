@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 from . import __version__
@@ -75,6 +76,10 @@ class Service:
         self.model_problem = model_problem
         # started on the fallback already (see load_models): nothing left to switch to
         self.on_fallback = detector is not None and "running the CPU fallback" in (model_problem or "")
+        self._next_primary_try = clock() + (cfg.inference.retry_primary_s or 0.0)
+        self._primary_trying = False
+        self.primary_tries = 0
+        self.primary_error: str | None = None  # why the last try of the configured detector failed
         self.notifier = notifier if notifier is not None else Notifier()
         self.thermal = thermal if thermal is not None else ThermalMonitor(create_sensor(cfg.thermal, loaded), cfg.thermal)
         self.ready_after_s: float | None = None  # when READY=1 was due (uptime)
@@ -232,6 +237,11 @@ class Service:
             if now >= next_thermal:
                 next_thermal = now + self.config.thermal.poll_s
                 self._apply_thermal()
+            retry = self.config.inference.retry_primary_s
+            if self.on_fallback and retry is not None and now >= self._next_primary_try and not self._primary_trying:
+                self._next_primary_try = now + retry
+                self._primary_trying = True
+                self._spawn(self._try_primary())
             if self.ready_after_s is not None:
                 line = self.status_line()
                 head = line.split(";")[0]
@@ -267,6 +277,7 @@ class Service:
             return False
         self.detector, self.detector_name, self.analyzer.detector = det, det.name, det
         self.on_fallback = True
+        self._next_primary_try = self.now() + (self.config.inference.retry_primary_s or 0.0)  # a whole interval
         note = ""
         if self.pose is not None and self.pose.runner.delegate != "cpu":
             self.pose = self.analyzer.pose = None  # it ran on the same accelerator
@@ -274,6 +285,29 @@ class Service:
         self.model_problem = f"detector {old} failed {n} invokes in a row ({e}); running the CPU fallback {fb}{note}"
         log.error("model: %s", self.model_problem)
         return True
+
+    async def _try_primary(self) -> None:
+        """On the fallback: load the configured detector (and pose) again and run a probe frame
+        through it; when both work, go back to them. Runs on the analysis thread, between frames."""
+        self.primary_tries += 1
+        try:
+            det, pose = await self.pipeline.run_on_worker(lambda: _probe_primary(self.loaded))
+        except Exception as e:  # anything: the accelerator is still gone; stay on the fallback
+            self.primary_error = f"{type(e).__name__}: {e}"[:300]
+            log.info("model: the configured detector is still unavailable (%s); staying on the fallback",
+                     self.primary_error)
+            return
+        finally:
+            self._primary_trying = False
+        if not self.on_fallback:
+            return
+        self.detector, self.detector_name, self.analyzer.detector = det, det.name, det
+        if pose is not None:
+            self.pose = self.analyzer.pose = pose
+        self.on_fallback = False
+        self.model_problem = self.primary_error = None
+        self.pipeline.stats.model_switches += 1
+        log.warning("model: back on the configured detector %s (try %d)", det.name, self.primary_tries)
 
     # -- privacy: retention, opt-out ---------------------------------------------------------------
     async def _retention(self) -> None:
@@ -419,8 +453,9 @@ class Service:
                       "runtime": None if runner is None else runner.runtime,
                       "delegate": None if runner is None else runner.delegate, "threads": self.config.inference.threads,
                       "input": None if runner is None else list(runner.input_shape), "problem": self.model_problem,
-                      "fallback": self.config.inference.fallback_model, "switches": st.model_switches,
-                      "consecutive_errors": st.consecutive_errors},
+                      "fallback": self.config.inference.fallback_model, "on_fallback": self.on_fallback,
+                      "switches": st.model_switches, "consecutive_errors": st.consecutive_errors,
+                      "primary_tries": self.primary_tries, "primary_error": self.primary_error},
             "thermal": {"sensor": self.thermal.sensor_name, "temp_c": None if reading is None else reading.temp_c,
                         "throttled": None if reading is None else reading.throttled_hex,
                         "flags": [] if reading is None else reading.flags, "hot": self.thermal.hot,
@@ -492,6 +527,26 @@ def _load_detector(loaded: LoadedConfig, model: str | None = None) -> Detector:
     return create_detector(cfg, manifest_dir, load_manifest(manifest_dir / "manifest.yaml"))
 
 
+def _load_pose(loaded: LoadedConfig) -> PoseEstimator:
+    cfg = loaded.config
+    inf = cfg.inference
+    manifest_dir = loaded.resolve(inf.models_dir)
+    return create_pose_estimator(cfg.signals.pose_model, manifest_dir, load_manifest(manifest_dir / "manifest.yaml"),
+                                 runtime=inf.runtime, threads=inf.threads, delegate=inf.delegate)
+
+
+def _probe_primary(loaded: LoadedConfig) -> tuple[Detector, PoseEstimator | None]:
+    """The configured detector (and pose, when it runs on the same accelerator), loaded and run on
+    one blank frame: raises if either will not load or invoke."""
+    det = _load_detector(loaded)
+    w, h = det.runner.input_size
+    det.detect(np.zeros((h, w, 3), np.uint8))
+    pose = None
+    if loaded.config.signals.pose != "off" and loaded.config.inference.delegate != "cpu":
+        pose = _load_pose(loaded)
+    return det, pose
+
+
 def load_models(loaded: LoadedConfig) -> tuple[Detector | None, PoseEstimator | None, str | None]:
     """Detector and pose estimator, or why not. A model that is missing, corrupt, of the wrong
     signature, or whose delegate will not load does not stop the board: the API comes up degraded
@@ -514,11 +569,8 @@ def load_models(loaded: LoadedConfig) -> tuple[Detector | None, PoseEstimator | 
             problems.append("no inference.fallback_model configured")
     pose = None
     if cfg.signals.pose != "off" and detector is not None:
-        inf = cfg.inference
         try:
-            manifest_dir = loaded.resolve(inf.models_dir)
-            pose = create_pose_estimator(cfg.signals.pose_model, manifest_dir, load_manifest(manifest_dir / "manifest.yaml"),
-                                         runtime=inf.runtime, threads=inf.threads, delegate=inf.delegate)
+            pose = _load_pose(loaded)
         except (ModelError, InferenceError) as e:
             problems.append(f"pose {cfg.signals.pose_model}: {e}; pose off (orientation follows motion)")
     problem = "; ".join(problems) or None

@@ -109,6 +109,9 @@ class InferenceConfig(_Strict):
     fallback_model: str | None = Field(default=None, min_length=1, max_length=128)
     # Consecutive failed invokes that count as a dead model or accelerator (then: fallback).
     max_consecutive_errors: int = Field(default=3, ge=1, le=1000)
+    # On the fallback, try the configured detector (and pose) again this often: an Edge TPU
+    # plugged back in, or a USB glitch over, brings the board back without a restart. None: never.
+    retry_primary_s: float | None = Field(default=300.0, ge=0.1, le=86400)
 
 
 class BufferConfig(_Strict):

@@ -256,6 +256,49 @@ async def test_an_accelerator_dying_mid_run_switches_to_the_fallback_or_degrades
         await c.close()
 
 
+async def test_after_a_fallback_the_board_goes_back_to_the_configured_detector_once_it_works(models_dir, tmp_path):
+    # the Edge TPU's USB glitch is over (here: the "unplugged" interpreter is gone once the
+    # configured model is loaded afresh): no restart needed to leave the CPU fallback
+    c = await _degraded_client(tmp_path, MODELS_DIR, inference={"fallback_model": "ssd_mobilenet_v1",
+                                                                "retry_primary_s": 1.5})
+    try:
+        svc = c.svc
+        st = svc.pipeline.stats
+        await _until(lambda: st.frames_processed >= 3)
+        dead = svc.detector
+        dead.runner._interp = _Unplugged(dead.runner._interp)
+        await _until(lambda: st.model_switches == 1)
+        fallback = svc.detector
+        assert svc.on_fallback and "running the CPU fallback" in (await (await c.get("/health")).json())["reason"]
+        await _until(lambda: st.model_switches == 2, seconds=30)
+        assert not svc.on_fallback and svc.detector not in (dead, fallback) and svc.model_problem is None
+        n = st.frames_processed
+        await _until(lambda: st.frames_processed >= n + 3)
+        assert (await (await c.get("/health")).json())["status"] == "ok"
+        model = (await (await c.get("/v1/status", headers=AUTH)).json())["model"]
+        assert model["on_fallback"] is False and model["primary_tries"] >= 1 and model["problem"] is None
+        assert model["switches"] == 2
+    finally:
+        await c.close()
+
+
+async def test_an_edge_tpu_still_missing_keeps_the_fallback_and_says_why(models_dir, tmp_path):
+    c = await _degraded_client(tmp_path, MODELS_DIR, inference={"delegate": "edgetpu", "fallback_model": "ssd_mobilenet_v1",
+                                                                "retry_primary_s": 0.2})
+    try:
+        svc = c.svc
+        st = svc.pipeline.stats
+        await _until(lambda: svc.primary_tries >= 3, seconds=30)
+        n = st.frames_processed
+        await _until(lambda: st.frames_processed >= n + 3)  # analysis goes on between the tries
+        model = (await (await c.get("/v1/status", headers=AUTH)).json())["model"]
+        assert model["on_fallback"] is True and model["delegate"] == "cpu" and model["switches"] == 0
+        assert "libedgetpu.so.1" in model["primary_error"]
+        assert "running the CPU fallback" in (await (await c.get("/health")).json())["reason"]
+    finally:
+        await c.close()
+
+
 async def test_a_board_camera_missing_at_start_serves_degraded_and_is_retried_with_backoff(models_dir, tmp_path):
     # picamera2 does not exist here: exactly what a board with a broken install or no camera sees
     loaded = _config(tmp_path, camera={"type": "picamera2"}, health={"backoff_s": 0.01, "backoff_max_s": 0.04})
