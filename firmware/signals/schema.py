@@ -192,10 +192,9 @@ VECTORS_SCHEMA: dict[str, Any] = {
                     "description": "Random per start of the firmware: when it changes, seq numbering restarted "
                                    "(the buffer is RAM only), so a reader starts again from since=0."},
         "purges": {"type": "array", "maxItems": 8,
-                   "description": "The last opt-out purges of this run: n (1, 2, ...); every vector of this "
-                                  "boot with seq_from <= seq <= seq_to was purged, and a reader forgets its "
-                                  "copies of them (by seq: a wall-clock jump cannot shift it). since and t are "
-                                  "the wall-clock look-back start (0: all) and press time, for people.",
+                   "description": "The last opt-out purges of this run (n: 1, 2, ...): the vectors of this "
+                                  "boot with seq_from <= seq <= seq_to were purged; a reader forgets its copies. "
+                                  "since, t: wall-clock look-back start (0: all) and press time.",
                    "items": {"type": "object", "additionalProperties": False,
                              "required": ["n", "seq_from", "seq_to", "since", "t"],
                              "properties": {"n": {"type": "integer", "minimum": 1},
