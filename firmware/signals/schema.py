@@ -192,9 +192,8 @@ VECTORS_SCHEMA: dict[str, Any] = {
                     "description": "Random per start of the firmware: when it changes, seq numbering restarted "
                                    "(the buffer is RAM only), so a reader starts again from since=0."},
         "purges": {"type": "array", "maxItems": 8,
-                   "description": "The last opt-out purges of this run (n: 1, 2, ...): the vectors of this "
-                                  "boot with seq_from <= seq <= seq_to were purged; a reader forgets its copies. "
-                                  "since, t: wall-clock look-back start (0: all) and press time.",
+                   "description": "Last opt-out purges of this run: vectors with seq_from <= seq <= seq_to "
+                                  "were purged, a reader forgets its copies. since, t: wall clock, for people.",
                    "items": {"type": "object", "additionalProperties": False,
                              "required": ["n", "seq_from", "seq_to", "since", "t"],
                              "properties": {"n": {"type": "integer", "minimum": 1},
