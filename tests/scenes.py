@@ -4,6 +4,7 @@ per frame, the scene's ground truth, the tracker's confirmed tracks and the vect
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,12 @@ async def _run(name: str, overrides: dict | None) -> SceneRun:
     scene = load_scene(path)
     loaded = sim_config({"camera": {"type": "synthetic", "scene": str(path), "pacing": "fast"}, **(overrides or {})})
     svc, _ = await build_service(loaded, token_env={"CUECAM_API_TOKEN": "x" * 24})
+    # Signal windows are aligned to the monotonic clock (floor(t / window_s)); start the scene's
+    # timeline on a window boundary, so every run cuts the scene into the same windows (a random
+    # phase once left the walk-in's only whole window to a track still too young for a value).
+    pacer = svc.pipeline.camera._pacer
+    window = loaded.config.signals.window_s
+    pacer._t0 = math.ceil(pacer._t0 / window) * window
     run = SceneRun(name, scene.fps, scene.size, actor_names=[a.name for a in scene.spec.actors],
                    zone_names=[z.name for z in loaded.config.zones])
     renderer = SceneRenderer(scene)  # cached sprites: cheap
