@@ -4,6 +4,7 @@ Prometheus metrics, the bearer token, JSON errors; and `cuecam gateway check|run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -17,8 +18,25 @@ from host_tools.gateway.bench import start_gateway_process, write_config
 from host_tools.gateway.config import load_gateway_config
 from host_tools.gateway.service import Gateway, serve
 from host_tools.gateway.simdevice import SimBoard
+from tests.conftest import until
 
 API_TOKEN = "gateway-api-token-0123456789abcdef"
+
+
+@contextlib.asynccontextmanager
+async def serving(path):
+    """The gateway of config ``path`` served on loopback until the block ends: (gateway, url)."""
+    gw = Gateway(load_gateway_config(path))
+    urls: list[str] = []
+    task = asyncio.create_task(serve(gw, ready=urls.append))
+    try:
+        await until(lambda: bool(urls) or task.done(), 30)
+        if task.done():
+            task.result()  # it failed to start: say why
+        yield gw, urls[0]
+    finally:
+        gw.stop_event.set()
+        await task
 
 
 @pytest.fixture
@@ -34,18 +52,10 @@ async def running(tmp_path):
     cfg["rules"] = [{"name": "engaged-display", "when": {"kind": "engaged", "zone": "plaza-sign", "min_engagement": 0.0,
                                                          "for_s": 1}, "then": [{"output": "log"}], "cooldown_s": 3600}]
     path.write_text(yaml.safe_dump(cfg))
-    gw = Gateway(load_gateway_config(path))
-    urls: list[str] = []
-    task = asyncio.create_task(serve(gw, ready=urls.append))
-    for b in boards:
-        b.start_producing()
-    for _ in range(100):
-        if urls:
-            break
-        await asyncio.sleep(0.05)
-    yield gw, urls[0], boards
-    gw.stop_event.set()
-    await task
+    async with serving(path) as (gw, url):
+        for b in boards:
+            b.start_producing()
+        yield gw, url, boards
     for b in boards:
         await b.stop()
 
@@ -106,26 +116,16 @@ async def test_a_stale_board_makes_the_gateway_degraded(tmp_path):
     cfg = yaml.safe_load(path.read_text())
     cfg["polling"]["stale_after_s"] = 0.5
     path.write_text(yaml.safe_dump(cfg))
-    gw = Gateway(load_gateway_config(path))
-    urls: list[str] = []
-    task = asyncio.create_task(serve(gw, ready=urls.append))
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(100):
-                if gw.store.cursor("gone").boot:
-                    break
-                await asyncio.sleep(0.05)
-            await board.stop()
-            for _ in range(100):
-                async with s.get(urls[0] + "/health") as r:
-                    body = await r.json()
-                if r.status == 503:
-                    break
-                await asyncio.sleep(0.1)
-            assert r.status == 503 and body["status"] == "degraded" and "gone" in body["reason"]
-    finally:
-        gw.stop_event.set()
-        await task
+    async with serving(path) as (gw, url), aiohttp.ClientSession() as s:
+        await until(lambda: bool(gw.store.cursor("gone").boot), 5)
+        await board.stop()
+        for _ in range(100):
+            async with s.get(url + "/health") as r:
+                body = await r.json()
+            if r.status == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert r.status == 503 and body["status"] == "degraded" and "gone" in body["reason"]
 
 
 def test_gateway_check_and_run_as_commands(tmp_path):
@@ -224,22 +224,14 @@ async def test_decisions_and_their_cooldowns_survive_a_gateway_restart_with_sqli
     path.write_text(yaml.safe_dump(cfg))
 
     async def run_until(cond) -> dict:
-        gw = Gateway(load_gateway_config(path))
-        urls: list[str] = []
-        task = asyncio.create_task(serve(gw, ready=urls.append))
-        try:
-            async with aiohttp.ClientSession() as s:
-                for _ in range(300):
-                    if urls:
-                        async with s.get(urls[0] + "/v1/decisions?since=0&limit=1000") as r:
-                            body = await r.json()
-                        if cond(body):
-                            return body
-                    await asyncio.sleep(0.1)
-            raise AssertionError(f"not reached: {body}")
-        finally:
-            gw.stop_event.set()
-            await task
+        async with serving(path) as (_gw, url), aiohttp.ClientSession() as s:
+            for _ in range(300):
+                async with s.get(url + "/v1/decisions?since=0&limit=1000") as r:
+                    body = await r.json()
+                if cond(body):
+                    return body
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"not reached: {body}")
 
     def fired(body: dict, rule: str) -> list[int]:
         return [d["id"] for d in body["decisions"] if d["rule"] == rule]
