@@ -152,8 +152,7 @@ def _gateway_import_history(args: argparse.Namespace) -> int:
         return 2
 
     async def write() -> int:
-        store = Store(retention_s=st.retention_s, bucket_s=st.bucket_s, history_days=st.history_days,
-                      sqlite=loaded.resolve(st.sqlite))
+        store = Store.from_config(loaded)
         await store.open()
         try:
             await store.seed_history(parsed.rows)

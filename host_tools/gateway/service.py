@@ -52,10 +52,7 @@ class Gateway:
         self.cfg = cfg
         self.clock = clock
         self.started = time.monotonic()
-        self.store = Store(retention_s=cfg.store.retention_s, bucket_s=cfg.store.bucket_s,
-                           history_days=cfg.store.history_days,
-                           sqlite=loaded.resolve(cfg.store.sqlite) if cfg.store.sqlite else None, clock=clock,
-                           decisions_days=cfg.store.decisions_days)
+        self.store = Store.from_config(loaded, clock)
         self.engine = DecisionEngine(cfg.rules, self.store, kept=cfg.gateway.decisions_kept, clock=clock)
         self.tokens = {d.name: loaded.secret(d.token, f"devices.{d.name}.token", env) for d in cfg.devices}
         self.api_token = loaded.secret(cfg.gateway.token, "gateway.token", env) if cfg.gateway.token else None

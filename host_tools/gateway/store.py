@@ -22,7 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import LoadedGatewayConfig
 
 SIGNALS = ("engagement", "satisfaction", "approach")
 # A vector's approach/avoid value beyond these counts as approaching / avoiding.
@@ -153,6 +156,14 @@ class Store:
         self.history: dict[tuple[str, int, int], int] = {}
         self.purged = 0
         self.db: _Db | None = _Db(sqlite) if sqlite is not None else None
+
+    @classmethod
+    def from_config(cls, loaded: LoadedGatewayConfig, clock: Callable[[], float] = time.time) -> Store:
+        """The store a gateway config describes (its ``store`` section; sqlite relative to the file)."""
+        st = loaded.config.store
+        return cls(retention_s=st.retention_s, bucket_s=st.bucket_s, history_days=st.history_days,
+                   sqlite=loaded.resolve(st.sqlite) if st.sqlite else None, clock=clock,
+                   decisions_days=st.decisions_days)
 
     # -- start-up ------------------------------------------------------------------------------
     async def open(self) -> None:
