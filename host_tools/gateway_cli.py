@@ -152,11 +152,11 @@ def _gateway_import_history(args: argparse.Namespace) -> int:
         return 2
 
     async def write() -> int:
-        store = Store.from_config(loaded)
-        await store.open()
+        store = Store.from_config(loaded)  # not opened: the vectors it holds are not needed here
+        assert store.db is not None
         try:
             await store.seed_history(parsed.rows)
-            return len(store.history)
+            return int(await store.db.call(store.db.count, "history"))
         finally:
             await store.close()
 

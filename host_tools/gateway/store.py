@@ -279,8 +279,7 @@ class Store:
         for k in [k for k in self.history if k[0] < oldest_day]:
             del self.history[k]
         if self.db is not None:
-            await self.db.call(self.db.purge, cutoff, oldest_day, closed)
-            await self.db.call(self.db.purge_decisions, now - self.decisions_days * 86400)
+            await self.db.call(self.db.purge, cutoff, oldest_day, closed, now - self.decisions_days * 86400)
         self.purged += n
         return n
 
@@ -309,10 +308,10 @@ class Store:
 
     async def seed_history(self, rows: Iterable[tuple[str, int, int, int]]) -> None:
         """(day 'YYYY-MM-DD', weekday 0-6, hour 0-23, visitors): past counts, e.g. imported from a till system."""
-        for day, wd, h, n in rows:
-            self.history[(day, wd, h)] = n
-        if self.db is not None:
-            await self.db.call(self.db.write_history, dict(self.history))
+        new = {(day, wd, h): n for day, wd, h, n in rows}
+        self.history.update(new)
+        if self.db is not None:  # the rows given; what SQLite already holds stays
+            await self.db.call(self.db.write_history, new)
 
     def zones_state(self, window_s: float) -> dict[str, dict[str, Any]]:
         """Per zone over the last window_s: sessions, vectors and signal means (store-level, no tokens)."""
@@ -394,11 +393,13 @@ class _Db:
             c.execute("INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT(device) DO UPDATE SET boot=excluded.boot, "
                       "seq=excluded.seq", (device, boot, cursor))
 
-    def purge(self, cutoff: float, oldest_day: str, closed: dict[tuple[str, int, int], int]) -> None:
+    def purge(self, cutoff: float, oldest_day: str, closed: dict[tuple[str, int, int], int],
+              decisions_before: float) -> None:
         c = self._c()
         with c:
             c.execute("BEGIN IMMEDIATE")
             c.execute("DELETE FROM vectors WHERE received < ?", (cutoff,))
+            c.execute("DELETE FROM decisions WHERE t < ?", (decisions_before,))
             c.execute("DELETE FROM history WHERE day < ?", (oldest_day,))
             c.executemany("INSERT INTO history VALUES (?, ?, ?, ?) ON CONFLICT(day, hour) DO UPDATE SET "
                           "visitors=max(visitors, excluded.visitors)", [(*k, v) for k, v in closed.items()])
@@ -421,12 +422,6 @@ class _Db:
         rows = self._c().execute("SELECT body FROM decisions WHERE t >= ? ORDER BY id DESC LIMIT ?", (since, limit))
         return [r[0] for r in rows][::-1]
 
-    def purge_decisions(self, before: float) -> None:
-        c = self._c()
-        with c:
-            c.execute("BEGIN IMMEDIATE")
-            c.execute("DELETE FROM decisions WHERE t < ?", (before,))
-
     def forget(self, device: str, boot: str, seq_from: int, seq_to: int) -> None:
         c = self._c()
         with c:
@@ -441,7 +436,7 @@ class _Db:
             c.executemany("INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?)", [(*k, v) for k, v in history.items()])
 
     def count(self, table: str) -> int:
-        assert table in ("vectors", "cursors", "history", "decisions")
+        assert table in ("vectors", "cursors", "history")
         return int(self._c().execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
     def close(self) -> None:

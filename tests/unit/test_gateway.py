@@ -405,3 +405,16 @@ def test_history_csv_reads_a_spreadsheet_export(tmp_path):
     f.write_bytes(b"date,hour,visitors\n" + b"2026-11-18,1,1\n" * (history.MAX_BYTES // 15))
     with pytest.raises(ConfigError, match="at most"):
         history.parse_history_csv(f, history_days=56, today=date(2026, 11, 25))
+
+
+async def test_decisions_kept_in_sqlite_expire_after_decisions_days(tmp_path):
+    clk = Clock()
+    s = Store(retention_s=120, bucket_s=60, sqlite=tmp_path / "d.sqlite", clock=clk, decisions_days=1)
+    await s.open()
+    await s.save_decision({"id": 1, "t": clk.t - 2 * 86400, "rule": "old"})
+    await s.save_decision({"id": 2, "t": clk.t - 60, "rule": "new"})
+    await s.purge()
+    assert [d["rule"] for d in await s.load_decisions(10)] == ["new"]
+    await s.close()
+    with sqlite3.connect(tmp_path / "d.sqlite") as c:
+        assert c.execute("SELECT id FROM decisions").fetchall() == [(2,)]
