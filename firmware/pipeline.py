@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -55,6 +55,9 @@ class RestartPolicy:
     backoff_max_s: float = 30.0
 
 
+Halt = Literal["camera", "model", "crash"]
+
+
 @dataclass
 class PipelineStats:
     started: float
@@ -80,6 +83,9 @@ class PipelineStats:
     people_last_frame: int = 0
     state: str = "starting"  # starting | running | restarting | ended | error | stopped
     error: str | None = None
+    # In state error, what stopped the pipeline: the camera (no restart policy), the model (it kept
+    # failing and nothing replaced it) or a crash of the pipeline itself.
+    halted_by: Halt | None = None
     vectors: int = 0
     tracks: int = 0  # confirmed tracks matched in the last frame
     pose_invokes: int = 0
@@ -155,10 +161,10 @@ class Pipeline:
                 e = consumer.exception()
                 if isinstance(e, ModelFailed):
                     log.error("analysis stopped: %s", e)
-                    self.stats.state, self.stats.error = "error", f"model: {e}"
+                    self.stats.state, self.stats.error, self.stats.halted_by = "error", f"model: {e}", "model"
                     return
                 log.error("pipeline stopped: %r", e, exc_info=e)
-                self.stats.state, self.stats.error = "error", f"pipeline: {e!r}"
+                self.stats.state, self.stats.error, self.stats.halted_by = "error", f"pipeline: {e!r}", "crash"
                 return
             await producer  # the source ended or failed for good: let inference drain the queue
             await self._queue.put(None)
@@ -188,7 +194,7 @@ class Pipeline:
                 st.camera_faults[e.kind] = st.camera_faults.get(e.kind, 0) + 1
                 if pol is None:
                     log.error("camera stopped: %s", e)
-                    st.state = "error"
+                    st.state, st.halted_by = "error", "camera"
                     return
                 failed = e
                 continue

@@ -108,8 +108,8 @@ async def _run(name: str, overrides: dict | None) -> SceneRun:
 
     svc.pipeline.observers.append(observe)
     await svc.start()
-    assert svc._task is not None
-    await asyncio.wait_for(asyncio.shield(svc._task), timeout=600)  # the source ends, the queue drains
+    assert svc.pipeline_task is not None
+    await asyncio.wait_for(asyncio.shield(svc.pipeline_task), timeout=600)  # the source ends, the queue drains
     assert svc.pipeline.stats.state == "ended", svc.pipeline.stats.error
     await svc.stop()
     run.vectors.extend(svc.analyzer.engine.flush() if svc.analyzer.engine else [])

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -27,14 +27,12 @@ from ..privacy.audit import AUDIT_SCHEMA
 from ..privacy.notice import PRIVACY_SCHEMA, privacy_notice
 from ..signals.schema import AGGREGATES_SCHEMA, SCHEMA, VECTORS_SCHEMA, aggregates, to_json
 from .auth import Token
+from .device import Device
 from .guard import API_CONFIG, MAX_BODY, RATE_LIMITER, STREAMING, UNTIMED, RateLimiter, deadline, idle_chunks, limits
-
-if TYPE_CHECKING:
-    from ..app import Service
 
 log = logging.getLogger(__name__)
 
-SERVICE: web.AppKey[Service] = web.AppKey("service")
+SERVICE: web.AppKey[Device] = web.AppKey("service")
 TOKEN = web.AppKey("token", Token)
 PRESSING: web.AppKey[dict[str, Any]] = web.AppKey("pressing")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -74,7 +72,7 @@ class IntParam:
             s["maximum"] = hi
         return s
 
-    def parse(self, raw: str, svc: Service) -> int:
+    def parse(self, raw: str, svc: Device) -> int:
         if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
             raise bad_request(f"query parameter {self.name!r} must be a non-negative integer, got {raw[:40]!r}")
         v = int(raw)
@@ -93,7 +91,7 @@ class ZoneParam:
     def schema(self, zones: list[str] | None = None, max_limit: int | None = None) -> dict[str, Any]:
         return {"type": "string", "enum": list(zones)} if zones else {"type": "string", "maxLength": 64}
 
-    def parse(self, raw: str, svc: Service) -> int:
+    def parse(self, raw: str, svc: Device) -> int:
         if raw not in svc.zone_names:
             known = ", ".join(svc.zone_names) or "none configured"
             raise bad_request(f"unknown zone {raw[:64]!r}; zones: {known}")
@@ -121,7 +119,7 @@ def parse_query(request: web.Request, params: tuple[Param, ...]) -> dict[str, An
 async def health(request: web.Request) -> web.Response:
     svc = request.app[SERVICE]
     ok, reason = svc.health()
-    remaining = svc.paused_remaining()
+    remaining = svc.privacy.paused_remaining()
     body = {"status": ("paused" if remaining is not None else "ok") if ok else "degraded", "reason": reason,
             "uptime_s": round(svc.uptime(), 3),
             "paused": None if remaining is None else {"remaining_s": round(remaining, 3)},
@@ -149,7 +147,7 @@ async def vectors(request: web.Request) -> web.Response:
     return json_response({
         "schema": SCHEMA,
         "boot_id": svc.boot_id,
-        "purges": list(svc.purges),
+        "purges": list(svc.privacy.purges),
         "cursor": sl.cursor,
         "lost": sl.lost,
         "more": sl.more,
@@ -221,7 +219,7 @@ def _http_error(status: int, message: str) -> web.HTTPException:
 async def optout(request: web.Request) -> web.Response:
     """Network-connected signage: the same as pressing the opt-out button."""
     parse_query(request, ())
-    return json_response(await request.app[SERVICE].optout("api"))
+    return json_response(await request.app[SERVICE].privacy.optout("api"))
 
 
 SIM_BUTTON_PARAMS = (IntParam("hold_ms", "How long the button is held down (ms).", 100, 0, 10_000),)
@@ -231,30 +229,30 @@ async def sim_button(request: web.Request) -> web.Response:
     """Press the mock opt-out button (sim board: privacy.optout.pins = mock) as a shopper would.
     One press at a time (409 while the button is still held); the answer comes once the press has
     had its effect (pause, purge or resume) or after at most 1 s, while a long hold goes on."""
-    svc = request.app[SERVICE]
+    privacy = request.app[SERVICE].privacy
     q = parse_query(request, SIM_BUTTON_PARAMS)
-    signage = svc.signage
+    signage = privacy.signage
     if signage is None or signage.kind != "mock" or signage.button is None:
         raise web.HTTPNotFound(reason="no mock button on this board (privacy.optout.pins is not mock)")
     pressing = request.app[PRESSING]
     held = pressing.get("press")
     if held is not None and not held.done():
         raise web.HTTPConflict(reason="the mock button is still held by an earlier press")
-    before = (svc.optouts, svc.paused_until)
+    before = (privacy.optouts, privacy.paused)
     press = asyncio.get_running_loop().run_in_executor(None, signage.press, q["hold_ms"] / 1000.0)
     press.add_done_callback(_press_done)
     pressing["press"] = press
     for _ in range(100):  # the press is handled on the event loop: let it run (bounded, 1 s)
-        if (svc.optouts, svc.paused_until) != before or press.done():
+        if (privacy.optouts, privacy.paused) != before or press.done():
             break
         await asyncio.sleep(0.01)
     if press.done() and press.exception() is None:
         for _ in range(100):  # released: give the release (long press) its turn too
-            if (svc.optouts, svc.paused_until) != before:
+            if (privacy.optouts, privacy.paused) != before:
                 break
             await asyncio.sleep(0.01)
-    return json_response({"pressed_ms": q["hold_ms"], "paused": svc.paused_until is not None,
-                          "remaining_s": _round(svc.paused_remaining())})
+    return json_response({"pressed_ms": q["hold_ms"], "paused": privacy.paused,
+                          "remaining_s": _round(privacy.paused_remaining())})
 
 
 def _press_done(fut: asyncio.Future[None]) -> None:
@@ -286,11 +284,11 @@ async def audit(request: web.Request) -> web.Response:
 class _ServiceCollector:
     """Reads the live pipeline counters at scrape time; no second copy of the numbers."""
 
-    def __init__(self, svc: Service) -> None:
+    def __init__(self, svc: Device) -> None:
         self.svc = svc
 
     def collect(self) -> Iterator[Metric]:
-        svc, st = self.svc, self.svc.pipeline.stats
+        svc, st = self.svc, self.svc.stats
         for name, doc, value in (
             ("cuecam_frames_captured", "Frames read from the camera.", st.frames_captured),
             ("cuecam_frames_processed", "Frames run through the detector.", st.frames_processed),
@@ -568,7 +566,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     return await handler(request)
 
 
-def build_app(svc: Service, token: Token, *, manage_service: bool = True) -> web.Application:
+def build_app(svc: Device, token: Token, *, manage_service: bool = True) -> web.Application:
     """The aiohttp application. With ``manage_service`` the pipeline starts and stops with it.
     Middlewares, outermost first: the request deadline, errors as JSON, rate limit and body cap,
     the bearer token. Serve it with ``guard.DeviceRunner`` for the connection-level limits."""

@@ -96,12 +96,12 @@ process did not exit 0 on SIGTERM or printed a traceback.
    API and polling client alongside) with the sim board's mock opt-out button (gpiozero
    MockFactory) and ``privacy.audit_log`` pointed into a temporary folder (the presses write
    2 * OPTOUT_PRESSES audit lines; the log is size-capped). Once frames flow, OPTOUT_PRESSES
-   presses of ``svc.signage.press(0.0)``, each run in an executor thread (as ``POST
+   presses of ``svc.privacy.signage.press(0.0)``, each run in an executor thread (as ``POST
    /v1/sim/button`` does), then a wait in 1 ms steps (at most OPTOUT_WAIT_S) until
-   ``svc.optouts`` increments: the opt-out ran to its end (pipeline paused, frames in flight
+   ``svc.privacy.optouts`` increments: the opt-out ran to its end (pipeline paused, frames in flight
    dropped, tracks and windows forgotten, vectors purged). After each press the buffer must hold
    no vector and the pipeline must not be measuring (else the phase fails); then
-   ``await svc.resume("api")`` and OPTOUT_GAP_S of measuring. Realtime pacing gives a frame only
+   ``await svc.privacy.resume("api")`` and OPTOUT_GAP_S of measuring. Realtime pacing gives a frame only
    every 100 ms, so after OPTOUT_GAP_S alone almost every press would find the pipeline idle and
    almost no frame would be analysed (2 frames in 100 presses); so before the next press the
    phase also waits (1 ms steps, at most OPTOUT_WAIT_S) for a frame: for an "idle" press (even
@@ -467,9 +467,9 @@ async def measure_pipeline(token: str) -> dict[str, Any]:
             "pipeline_frames_dropped": st.frames_dropped,
             "pipeline_inference_errors": st.inference_errors,
             "buffer_records": len(svc.vectors),
-            "runtime": svc.detector.runner.runtime,
+            "runtime": svc.models.detector.runner.runtime,
             "threads": svc.config.inference.threads,
-            "pose_model": None if svc.pose is None else svc.pose.name,
+            "pose_model": None if svc.models.pose is None else svc.models.pose.name,
             "pose_budget": svc.config.signals.pose_budget,
             "process_threads": threading.active_count(),
         }
@@ -575,7 +575,7 @@ async def measure_optout(token: str) -> dict[str, Any]:
             raise RuntimeError(f"{what} within {OPTOUT_WAIT_S:.0f} s")
 
         async def body(svc: Service, client: asyncio.Task[None]) -> dict[str, Any]:
-            if svc.signage is None or svc.signage.kind != "mock" or svc.signage.button is None:
+            if svc.privacy.signage is None or svc.privacy.signage.kind != "mock" or svc.privacy.signage.button is None:
                 raise RuntimeError("no mock opt-out button (privacy.optout.pins is not mock)")
             loop = asyncio.get_running_loop()
             st = svc.pipeline.stats
@@ -594,19 +594,19 @@ async def measure_optout(token: str) -> dict[str, Any]:
                 if st.state in ("error", "ended"):  # (the polling client may end before the presses do)
                     raise RuntimeError(f"pipeline {st.state}: {st.error}")
                 kind = "inflight" if i % 2 else "idle"
-                n = svc.optouts
+                n = svc.privacy.optouts
                 t0 = time.perf_counter()
-                await loop.run_in_executor(None, svc.signage.press, 0.0)
-                await wait_for(lambda n=n: svc.optouts > n, f"press {i + 1}: no opt-out")
+                await loop.run_in_executor(None, svc.privacy.signage.press, 0.0)
+                await wait_for(lambda n=n: svc.privacy.optouts > n, f"press {i + 1}: no opt-out")
                 lat_ms[kind].append((time.perf_counter() - t0) * 1000.0)
                 if len(svc.vectors) != 0 or svc.pipeline.measuring:
                     raise RuntimeError(f"press {i + 1}: not paused and purged ({len(svc.vectors)} vectors held, "
                                        f"measuring={svc.pipeline.measuring})")
-                last = svc.last_optout or {}
+                last = svc.privacy.last_optout or {}
                 firmware_ms.append(float(last.get("latency_ms", math.nan)))
                 purged += int(last.get("purged", {}).get("vectors", 0))
                 processed, captured = st.frames_processed, st.frames_captured
-                if not await svc.resume("api"):
+                if not await svc.privacy.resume("api"):
                     raise RuntimeError(f"press {i + 1}: resume found the pipeline not paused")
                 await asyncio.sleep(OPTOUT_GAP_S)  # measuring again between presses
                 # Realtime pacing gives a frame every 100 ms: wait for one so that frames do flow

@@ -51,14 +51,14 @@ async def test_a_wall_clock_jump_of_plus_and_minus_one_hour_loses_duplicates_and
             n0 = st.vectors
             await _until(lambda n0=n0: st.vectors >= n0 + 15)
             await drain()
-            svc.expire()  # a retention pass right after the jump, as the 0.25 s tick does
+            svc.privacy.expire()  # a retention pass right after the jump, as the 0.25 s tick does
             marks.append(len(seen))
             # /v1/aggregates' window is on the monotonic clock: every vector is still in the last 60 s
             now = svc.now()
             assert len(svc.vectors.between(now - 60, now + 1, 10_000, field="t_mono").records) == st.vectors
             agg = await (await c.get("/v1/aggregates?window=60", headers=AUTH)).json()
             assert abs(agg["until"] - (time.time() + jump)) < 5
-        assert svc.expired == 0
+        assert svc.privacy.expired == 0
         seqs = [v["seq"] for v in seen]
         assert seqs == list(range(1, len(seen) + 1))  # no gap, no repeat
         assert len(seen) == st.vectors == len(svc.vectors)
@@ -68,13 +68,13 @@ async def test_a_wall_clock_jump_of_plus_and_minus_one_hour_loses_duplicates_and
         assert seen[marks[0]]["window_end"] > t_real + 3000  # a window closed during the +1 h spell
         assert seen[-1]["window_end"] < t_real - 3000  # and one during the -1 h spell
         # ...and the opt-out pause runs on the monotonic clock
-        await svc.optout("api")
-        before = svc.paused_remaining()
+        await svc.privacy.optout("api")
+        before = svc.privacy.paused_remaining()
         offset[0] = 7200.0
         await asyncio.sleep(0.3)  # retention ticks meanwhile
-        after = svc.paused_remaining()
+        after = svc.privacy.paused_remaining()
         assert before is not None and after is not None and 0 < before - after < 1.0
-        assert svc.expired == 0
+        assert svc.privacy.expired == 0
 
 
 async def test_an_optout_look_back_after_a_wall_clock_jump_names_exactly_the_purged_vectors(models_dir, vtest,
@@ -99,7 +99,7 @@ async def test_an_optout_look_back_after_a_wall_clock_jump_names_exactly_the_pur
         await _until(old_and_new)
         offset[0] = -3600.0  # NTP sets the clock back just before the press
         before = {int(s) for s in svc.vectors.between(0, svc.now() + 1, 10_000, field="t_mono").records["seq"]}
-        await svc.optout("api")
+        await svc.privacy.optout("api")
         body = await (await c.get("/v1/vectors?since=0&limit=1000", headers=AUTH)).json()
     after = {v["seq"] for v in body["vectors"]}
     (purge,) = body["purges"]
@@ -108,6 +108,6 @@ async def test_an_optout_look_back_after_a_wall_clock_jump_names_exactly_the_pur
     assert purged and after, "some vectors purged by the look-back, older ones kept"
     assert purged == {s for s in before if lo <= s <= hi}, "the seq range names exactly what was purged"
     assert not [s for s in after if lo <= s <= hi] and max(after) < lo <= min(purged)
-    assert svc.last_optout["purged"]["vectors"] == hi - lo + 1  # a window closing during the pause counts too
+    assert svc.privacy.last_optout["purged"]["vectors"] == hi - lo + 1  # a window closing during the pause counts too
     # the wall-clock span for people still reads the clock as it was set
     assert purge["t"] < time.time() - 3000

@@ -16,10 +16,11 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from firmware.app import Service, build_service, load_models
+from firmware.app import Service, build_service
 from firmware.camera import create_camera
 from firmware.camera.faults import FAULT_KINDS, FaultyCamera
 from firmware.http.app import build_app
+from firmware.model_manager import load_models
 from tests.conftest import MODELS_DIR, sim_config, until
 
 TOKEN = "faults-test-token-0123456789"
@@ -42,10 +43,10 @@ def _config(tmp_path: Path, **over):
 
 
 def _service(loaded, plan) -> tuple[Service, FaultyCamera]:
-    detector, pose, problem = load_models(loaded)
-    assert problem is None
+    models = load_models(loaded)
+    assert models.problem is None
     cam = FaultyCamera(create_camera(loaded), plan, hang_max_s=30.0)
-    return Service(loaded, camera=cam, detector=detector, pose=pose), cam
+    return Service(loaded, camera=cam, models=models), cam
 
 
 
@@ -234,13 +235,13 @@ async def test_an_accelerator_dying_mid_run_switches_to_the_fallback_or_degrades
         st = svc.pipeline.stats
         await _until(lambda: st.frames_processed >= 3)
         assert svc.health() == (True, None)
-        dead = svc.detector
+        dead = svc.models.detector
         dead.runner._interp = _Unplugged(dead.runner._interp)  # unplugged mid-run
         if fallback:
             await _until(lambda: st.model_switches == 1)
             n = st.frames_processed
             await _until(lambda: st.frames_processed >= n + 3)
-            assert svc.detector is not dead and st.inference_errors == 3
+            assert svc.models.detector is not dead and st.inference_errors == 3
             reason = (await (await c.get("/health")).json())["reason"]
             assert "failed 3 invokes in a row" in reason and "USB transfer error" in reason
             assert "running the CPU fallback ssd_mobilenet_v1" in reason
@@ -250,7 +251,7 @@ async def test_an_accelerator_dying_mid_run_switches_to_the_fallback_or_degrades
             reason = (await r.json())["reason"]
             assert r.status == 503 and reason.startswith("model: detector ssd_mobilenet_v1 failed 3 invokes in a row")
             assert "no inference.fallback_model configured" in reason
-            assert svc.alive()[0]  # no crash loop: the API stays up, the watchdog stays fed
+            assert svc.view.alive()[0]  # no crash loop: the API stays up, the watchdog stays fed
             assert (await c.get("/v1/status", headers=AUTH)).status == 200
     finally:
         await c.close()
@@ -265,13 +266,13 @@ async def test_after_a_fallback_the_board_goes_back_to_the_configured_detector_o
         svc = c.svc
         st = svc.pipeline.stats
         await _until(lambda: st.frames_processed >= 3)
-        dead = svc.detector
+        dead = svc.models.detector
         dead.runner._interp = _Unplugged(dead.runner._interp)
         await _until(lambda: st.model_switches == 1)
-        fallback = svc.detector
-        assert svc.on_fallback and "running the CPU fallback" in (await (await c.get("/health")).json())["reason"]
+        fallback = svc.models.detector
+        assert svc.models.on_fallback and "running the CPU fallback" in (await (await c.get("/health")).json())["reason"]
         await _until(lambda: st.model_switches == 2, seconds=30)
-        assert not svc.on_fallback and svc.detector not in (dead, fallback) and svc.model_problem is None
+        assert not svc.models.on_fallback and svc.models.detector not in (dead, fallback) and svc.models.problem is None
         n = st.frames_processed
         await _until(lambda: st.frames_processed >= n + 3)
         assert (await (await c.get("/health")).json())["status"] == "ok"
@@ -288,7 +289,7 @@ async def test_an_edge_tpu_still_missing_keeps_the_fallback_and_says_why(models_
     try:
         svc = c.svc
         st = svc.pipeline.stats
-        await _until(lambda: svc.primary_tries >= 3, seconds=30)
+        await _until(lambda: svc.models.primary_tries >= 3, seconds=30)
         n = st.frames_processed
         await _until(lambda: st.frames_processed >= n + 3)  # analysis goes on between the tries
         model = (await (await c.get("/v1/status", headers=AUTH)).json())["model"]
@@ -319,9 +320,9 @@ async def test_a_camera_that_comes_back_after_failed_opens_recovers(models_dir, 
     from firmware.errors import CameraError
 
     loaded = _config(tmp_path)
-    detector, pose, _ = load_models(loaded)
+    models = load_models(loaded)
     cam = FaultyCamera(create_camera(loaded), {}, open_failures=4)
-    svc = Service(loaded, camera=cam, detector=detector, pose=pose)
+    svc = Service(loaded, camera=cam, models=models)
     svc.pipeline.open_error = CameraError("no camera 0 found", kind="open")  # as build_service hands it over
     await svc.start()
     try:

@@ -106,7 +106,7 @@ async def test_a_body_over_64_kib_gets_413_as_json_on_every_route_but_the_ota_up
         # the OTA upload streams with its own cap: 1 MiB reaches the OTA agent (no keys on the sim: 403)
         async with http.post(b.url + "/v1/ota", data=b"b" * (1 << 20)) as r:
             assert r.status == 403 and "trusted keys" in (await r.json())["error"]["message"]
-    assert b.svc.optouts == 1  # the refused optout requests never reached the handler
+    assert b.svc.privacy.optouts == 1  # the refused optout requests never reached the handler
 
 
 # -- rate limit --------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ async def test_a_body_that_stalls_gets_408_within_the_request_timeout(board_fact
                      + b"\r\nContent-Length: 100\r\n\r\n0123456789")
     status, body = _json_error(raw)
     assert status == 408 and body["error"]["status"] == 408 and time.monotonic() - t0 < 3.0
-    assert b.svc.optouts == 0
+    assert b.svc.privacy.optouts == 0
 
 
 async def test_connections_beyond_the_cap_are_refused(board_factory):

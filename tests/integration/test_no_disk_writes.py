@@ -180,7 +180,7 @@ async def main():
                 if r.status != 200 or not body["paused"]:
                     raise SystemExit(f"POST /v1/sim/button: {r.status} {body}")
             await crawl()  # while paused
-            if not await svc.resume("api"):
+            if not await svc.privacy.resume("api"):
                 raise SystemExit("resume: not paused")
             await crawl()
             await until(lambda: svc.pipeline.stats.state != "running", 180)
@@ -189,7 +189,7 @@ async def main():
         await runner.cleanup()  # stops the pipeline, closes the camera, joins the workers
     st = svc.pipeline.stats
     return {"state": st.state, "error": st.error, "frames": st.frames_processed, "frames_captured": st.frames_captured,
-            "vectors": st.vectors, "optouts": svc.optouts, "requests": requests, "gets": gets,
+            "vectors": st.vectors, "optouts": svc.privacy.optouts, "requests": requests, "gets": gets,
             "audit_write_errors": svc.audit.write_errors}
 
 

@@ -102,7 +102,7 @@ async def test_no_route_serves_anything_pixel_like(models_dir, vtest, tmp_path):
                 assert len(body["vectors"]) >= 20
         assert visited == {(r.method, r.path) for r in ROUTES}
         assert problems == []
-        assert svc.optouts == 2 and len(svc.vectors) == 0  # the sim button, then /v1/optout
+        assert svc.privacy.optouts == 2 and len(svc.vectors) == 0  # the sim button, then /v1/optout
     finally:
         await c.close()
 

@@ -73,7 +73,7 @@ async def test_button_press_pauses_and_purges_everything(board):
     assert audit[-1]["event"] == "optout" and audit[-1]["source"] == "button" and audit[-1]["vectors"] >= 20
     # a long press resumes early (configured); measuring starts again from nothing
     r = await board.post("/v1/sim/button?hold_ms=600", headers=AUTH)
-    await _until(lambda: svc.paused_until is None)
+    await _until(lambda: not svc.privacy.paused)
     assert (await (await board.get("/health")).json())["paused"] is None
     await _until(lambda: svc.pipeline.stats.frames_processed > processed + 5)
     assert (await _get(board, "/v1/status"))["privacy"]["led"] == "on"
@@ -90,7 +90,7 @@ async def test_api_optout_then_the_pause_runs_out(models_dir, vtest, tmp_path):
         assert r.status == 200 and body["paused"] and body["source"] == "api" and body["purged"]["vectors"] >= 5
         assert (await c.post("/v1/optout")).status == 401  # signage holds a token
         assert len(svc.vectors) == 0
-        await _until(lambda: svc.paused_until is None, seconds=5)
+        await _until(lambda: not svc.privacy.paused, seconds=5)
         await _until(lambda: len(svc.vectors) >= 1)  # measuring again, fresh tokens only
         audit = (await _get(c, "/v1/audit"))["entries"]
         assert [(e["event"], e["source"]) for e in audit[-2:]] == [("optout", "api"), ("resume", "schedule")]
@@ -108,15 +108,15 @@ async def test_optout_latency_over_many_presses(models_dir, vtest, tmp_path):
     try:
         await _until(lambda: svc.pipeline.stats.frames_processed >= 5)
         for i in range(100):
-            n = svc.optouts
+            n = svc.privacy.optouts
             t0 = time.perf_counter()
-            await asyncio.get_running_loop().run_in_executor(None, svc.signage.press, 0.0)
-            await _until(lambda n=n: svc.optouts > n, seconds=2, step=0.001)
+            await asyncio.get_running_loop().run_in_executor(None, svc.privacy.signage.press, 0.0)
+            await _until(lambda n=n: svc.privacy.optouts > n, seconds=2, step=0.001)
             lat.append((time.perf_counter() - t0) * 1000)
             assert len(svc.vectors) == 0 and not svc.pipeline.measuring
             if i % 10 == 0:
                 assert (await _get(c, "/v1/vectors"))["vectors"] == []
-            await svc.resume("api")
+            await svc.privacy.resume("api")
             await asyncio.sleep(0.03)  # a frame or so of measuring between presses
         p50, p99 = np.percentile(lat, [50, 99])
         print(f"\nopt-out press -> paused and purged: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(lat)} presses")
@@ -142,7 +142,7 @@ async def test_nothing_older_than_the_retention_is_ever_served(models_dir, vtest
             await asyncio.sleep(0.3)  # > one retention tick (0.25 s)
             got = (await _get(c, "/v1/vectors?limit=1000"))["vectors"]
             assert all(v["window_end"] >= now[0] - 10 - 1 for v in got), step
-        assert svc.expired > 0
+        assert svc.privacy.expired > 0
         held = svc.vectors.since(0, 10_000).records
         assert all(held["t_wall"] >= now[0] - 11) and all(held["t_mono"] >= mono[0] - 11)
     finally:

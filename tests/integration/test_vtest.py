@@ -114,8 +114,8 @@ async def _run_signals():
     ended: list[set[str]] = []
     svc.pipeline.observers.append(lambda fid, t, res: ended.append({tr.tid for tr in svc.analyzer.tracker.ended}))
     await svc.start()
-    assert svc._task is not None
-    await asyncio.wait_for(asyncio.shield(svc._task), timeout=600)
+    assert svc.pipeline_task is not None
+    await asyncio.wait_for(asyncio.shield(svc.pipeline_task), timeout=600)
     await svc.stop()
     recs = svc.vectors.since(0, svc.vectors.capacity).records
     return svc, recs, set().union(*ended)

@@ -18,9 +18,10 @@ import time
 
 import pytest
 
-from firmware.app import Service, load_models
+from firmware.app import Service
 from firmware.camera import create_camera
 from firmware.camera.faults import FaultyCamera
+from firmware.model_manager import load_models
 from firmware.sdnotify import Notifier
 from tests.conftest import ROOT, SIM_CONFIG, sim_config, until
 
@@ -113,10 +114,10 @@ async def test_pings_keep_cadence_and_stop_when_the_loop_blocks_or_the_pipeline_
         "thermal": {"sensor": "none"},
     })
     hang = {"on": False}
-    detector, pose, _ = load_models(loaded)
+    models = load_models(loaded)
     cam = FaultyCamera(create_camera(loaded), lambda n: "hang" if hang["on"] else None, hang_max_s=30)
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "200000"})
-    svc = Service(loaded, camera=cam, detector=detector, pose=pose, notifier=notifier)
+    svc = Service(loaded, camera=cam, models=models, notifier=notifier)
     await cam.open()
     t_start = time.monotonic()
     await svc.start()

@@ -1,0 +1,92 @@
+"""What the HTTP API needs of the device, and nothing more: the handlers and the metrics collector
+depend on these protocols, not on the Service and its parts. A fake device for a handler test,
+or a new part (a companion's opt-out, a commissioning page), fits in by providing them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ..config import Config
+from ..ota_agent import OtaAgent
+from ..pipeline import PipelineStats
+from ..privacy.audit import AuditLog
+from ..privacy.signage import Signage
+from ..ringbuffer import RingBuffer
+from ..status_view import Health
+from ..thermal import ThermalMonitor
+
+
+class PrivacyControls(Protocol):
+    """The opt-out pause as the API drives and reports it (``privacy.controller``)."""
+
+    @property
+    def paused(self) -> bool: ...
+
+    @property
+    def optouts(self) -> int: ...
+
+    @property
+    def purges(self) -> Sequence[dict[str, Any]]: ...
+
+    @property
+    def signage(self) -> Signage | None: ...
+
+    def paused_remaining(self) -> float | None: ...
+
+    async def optout(self, source: str) -> dict[str, Any]: ...
+
+    async def resume(self, source: str) -> bool: ...
+
+
+class Device(Protocol):
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def boot_id(self) -> str: ...
+
+    @property
+    def zone_names(self) -> list[str]: ...
+
+    @property
+    def speed_unit(self) -> str: ...
+
+    @property
+    def vectors(self) -> RingBuffer: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+    @property
+    def ota(self) -> OtaAgent: ...
+
+    @property
+    def privacy(self) -> PrivacyControls: ...
+
+    # read by the metrics collector
+    @property
+    def stats(self) -> PipelineStats: ...
+
+    @property
+    def thermal(self) -> ThermalMonitor: ...
+
+    @property
+    def watchdog_pings(self) -> int: ...
+
+    @property
+    def detector_name(self) -> str | None: ...
+
+    def now(self) -> float: ...  # monotonic
+
+    def wall(self) -> float: ...
+
+    def uptime(self) -> float: ...
+
+    def health(self) -> Health: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
