@@ -38,6 +38,7 @@ class SimBoard:
         self.boot_id = secrets.token_hex(8)
         self.vectors = RingBuffer(VECTOR_DTYPE, self.capacity)
         self.purges: list[dict[str, Any]] = []  # a simulated board has no opt-out button
+        self.privacy = SimpleNamespace(purges=self.purges)  # what /v1/vectors reads of the controller
         self.zone_names = list(ZONES)
         self.speed_unit = "person_heights/s"
         self.config = SimpleNamespace(api=SimpleNamespace(max_limit=1000))
