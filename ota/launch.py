@@ -33,9 +33,14 @@ def start(store: SlotStore, args: list[str]) -> int:
     env["CUECAM_OTA_ROOT"] = str(store.root)
     env["CUECAM_OTA_SLOT"] = choice.slot
     env["CUECAM_OTA_TRIAL"] = "1" if choice.trial else "0"
+    # The working directory is outside the slots: a slot holds exactly the files its files.json
+    # lists, and libraries write into their working directory (lgpio, which gpiozero 2.0 uses on a
+    # Pi, creates its notification FIFO ".lgd-nfy*" there, or in $LG_WD, when it is imported).
+    run_dir = store.run_dir()
+    env["LG_WD"] = str(run_dir)
     print(json.dumps({"launch": choice_dict(choice)}), file=sys.stderr, flush=True)
-    # cwd = the slot, so `-m firmware` finds the slot's package first
-    return subprocess.call([sys.executable, "-m", "firmware", *args], cwd=slot_dir, env=env)
+    # PYTHONPATH puts the slot first, so `-m firmware` finds the slot's package
+    return subprocess.call([sys.executable, "-m", "firmware", *args], cwd=run_dir, env=env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +46,12 @@ STATE_NAME = "state.json"
 VERSION_NAME = "VERSION"
 FILES_NAME = "files.json"
 COMMITTED_NAME = "COMMITTED"
+# The only files a slot holds that files.json does not list: the store's own bookkeeping, written
+# by the store itself. Nothing else is ignored: a stray file (a library's FIFO, __pycache__) makes
+# the slot fail its check, and the check says what the file is. The firmware runs with its
+# working directory in RUN_DIR_NAME (outside the slots) and PYTHONDONTWRITEBYTECODE=1 for that.
 RESERVED = frozenset({VERSION_NAME, FILES_NAME, COMMITTED_NAME})
+RUN_DIR_NAME = "run"
 _VERSION_RE = re.compile(r"^[0-9]{1,9}(\.[0-9]{1,9}){0,3}$")
 _CHUNK = 1 << 20
 
@@ -99,6 +105,12 @@ class SlotStore:
     @property
     def state_path(self) -> Path:
         return self.root / STATE_NAME
+
+    def run_dir(self) -> Path:
+        """The firmware's working directory: outside the slots, created (0700) when missing."""
+        d = self.root / RUN_DIR_NAME
+        d.mkdir(mode=0o700, exist_ok=True)
+        return d
 
     def slot_dir(self, slot: str) -> Path:
         if slot not in SLOTS:
@@ -232,7 +244,8 @@ class SlotStore:
             return SlotCheck(False, on_disk, f"cannot list the slot: {e}")
         if present != set(files):
             missing, extra = sorted(set(files) - present), sorted(present - set(files))
-            return SlotCheck(False, on_disk, f"files differ from {FILES_NAME}: missing {missing[:3]}, extra {extra[:3]}")
+            shown = [f"{rel} ({_kind(d / rel)})" for rel in extra[:3]]
+            return SlotCheck(False, on_disk, f"files differ from {FILES_NAME}: missing {missing[:3]}, extra {shown}")
         for rel, meta in files.items():
             try:
                 size, digest = _hash_file(d / rel)
@@ -400,6 +413,24 @@ def _read_text(path: Path) -> str | None:
         return path.read_text(encoding="utf-8").strip() or None
     except (OSError, UnicodeDecodeError):
         return None
+
+
+def _kind(path: Path) -> str:
+    """What an unexpected entry is, for the slot check's message."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return "gone"
+    if stat.S_ISFIFO(mode):
+        hint = "; lgpio's notification pipe: run the firmware outside the slot" if path.name.startswith(".lgd-nfy") else ""
+        return "a FIFO" + hint
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if "__pycache__" in path.parts:
+        return "Python bytecode: run with PYTHONDONTWRITEBYTECODE=1"
+    return "a file"
 
 
 def _walk_files(top: Path) -> list[str]:
