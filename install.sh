@@ -8,10 +8,12 @@
 #   3. a venv in /opt/cuecam/venv made with --system-site-packages, so the apt picamera2, libcamera
 #      and gpiozero are used, and cuecam with the rest of its dependencies from PyPI installed into it
 #      with numpy pinned to Debian's (pip's numpy 2 breaks picamera2's simplejpeg);
-#   4. the cuecam system user (groups video and gpio), /etc/cuecam (root:cuecam 0750, config and
+#   4. the cuecam system user (groups video and gpio, and on a Coral board plugdev for the USB
+#      accelerator or apex for the PCIe one), /etc/cuecam (root:cuecam 0750, config and
 #      token) and /var/lib/cuecam (cuecam 0750: OTA slots, audit log); nothing else is written at run time;
 #   5. the firmware source in /opt/cuecam/src, the model files in /opt/cuecam/models, OTA slot a;
-#   6. cuecam.service and cuecam-firstboot.service, enabled.
+#   6. cuecam.service and cuecam-firstboot.service, enabled (on a Coral board with a drop-in,
+#      cuecam.service.d/coral.conf, that adds the accelerator's group).
 # The board's config and API token come from `cuecam provision` (see README, "Installing on a Raspberry Pi").
 #
 # Options:
@@ -21,6 +23,10 @@
 #                     user, no systemctl; every path below is under DIR
 #   --no-apt          do not run apt-get (the packages are already there)
 #   --find-links DIR  pip installs only from the wheels in DIR (offline)
+#   --board KIND      the board kind (rpi4, rpi5-coral-usb, ...; default: board.kind of /etc/cuecam/board.yaml):
+#                     a Coral board's service user gets the accelerator's device group
+#   --coral usb|pcie|none  the Coral accelerator, when the board kind does not say (PCIe: /dev/apex_0)
+#   --units-only      only write the systemd units (and the Coral drop-in) under --root, then stop
 set -euo pipefail
 
 SRC="$(cd "$(dirname "$0")" && pwd)"
@@ -30,6 +36,9 @@ MODELS=""
 APT=1
 PIP_SOURCE=()
 PYTHON=${CUECAM_SYSTEM_PYTHON:-/usr/bin/python3}
+BOARD=""
+CORAL=""
+UNITS_ONLY=0
 
 die() { echo "install.sh: error: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
@@ -41,11 +50,56 @@ while [ $# -gt 0 ]; do
     --root) ROOT="$(realpath -m "${2:?--root needs a directory}")"; APT=0; shift 2 ;;
     --no-apt) APT=0; shift ;;
     --find-links) PIP_SOURCE=(--no-index --find-links "$(realpath "${2:?--find-links needs a directory}")"); shift 2 ;;
+    --board) BOARD="${2:?--board needs a board kind}"; shift 2 ;;
+    --coral) CORAL="${2:?--coral needs usb, pcie or none}"; shift 2 ;;
+    --units-only) UNITS_ONLY=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
 case "$PREFIX" in /*) ;; *) die "--prefix must be an absolute path" ;; esac
+[ "$UNITS_ONLY" = 0 ] || [ -n "$ROOT" ] || die "--units-only needs --root DIR"
+
+# The Coral accelerator's device group, only on a Coral board: the USB accelerator's udev rule
+# gives its device to plugdev, the PCIe one's (/dev/apex_0, gasket driver) to apex.
+if [ -z "$BOARD" ] && [ -f "$ROOT/etc/cuecam/board.yaml" ]; then
+  BOARD="$(sed -n 's/^[[:space:]]*kind:[[:space:]]*\([a-z0-9-]*\).*/\1/p' "$ROOT/etc/cuecam/board.yaml" | head -n 1)"
+fi
+if [ -z "$CORAL" ]; then
+  case "$BOARD" in
+    *-coral-usb) CORAL=usb ;;
+    *-coral-pcie) CORAL=pcie ;;
+    *) CORAL=none ;;
+  esac
+fi
+case "$CORAL" in
+  usb) CORAL_GROUP=plugdev ;;
+  pcie) CORAL_GROUP=apex ;;
+  none) CORAL_GROUP="" ;;
+  *) die "--coral must be usb, pcie or none, not $CORAL" ;;
+esac
+
+write_units() {
+  UNITS="$ROOT/etc/systemd/system"
+  install -d -m 0755 "$UNITS"
+  for u in cuecam.service cuecam-firstboot.service; do
+    install -m 0644 "$SRC/ota/systemd/$u" "$UNITS/$u"
+  done
+  if [ -n "$CORAL_GROUP" ]; then
+    install -d -m 0755 "$UNITS/cuecam.service.d"
+    printf '# written by install.sh: the Coral accelerator (%s) is reachable by group %s\n[Service]\nSupplementaryGroups=%s\n' \
+      "$CORAL" "$CORAL_GROUP" "$CORAL_GROUP" > "$UNITS/cuecam.service.d/coral.conf"
+    chmod 0644 "$UNITS/cuecam.service.d/coral.conf"
+    say "Coral $CORAL: cuecam.service also runs with group $CORAL_GROUP"
+  else
+    rm -f "$UNITS/cuecam.service.d/coral.conf"
+    rmdir "$UNITS/cuecam.service.d" 2>/dev/null || true
+  fi
+}
+if [ "$UNITS_ONLY" = 1 ]; then
+  write_units
+  exit 0
+fi
 
 # 1. 64-bit only: LiteRT (ai-edge-litert) ships aarch64 and x86_64 wheels, none for 32-bit ARM.
 ARCH="${CUECAM_ARCH:-$(dpkg --print-architecture 2>/dev/null || uname -m)}"
@@ -96,6 +150,10 @@ if [ -z "$ROOT" ]; then
     say "created the system user cuecam"
   fi
   usermod -a -G video,gpio cuecam
+  if [ -n "$CORAL_GROUP" ]; then
+    getent group "$CORAL_GROUP" >/dev/null || groupadd --system "$CORAL_GROUP"
+    usermod -a -G "$CORAL_GROUP" cuecam
+  fi
   install -d -m 0755 -o root -g root "$DEST"
   install -d -m 0750 -o root -g cuecam "$ETC"
   install -d -m 0750 -o cuecam -g cuecam "$STATE"
@@ -157,11 +215,7 @@ if [ ! -f "$STATE/ota/state.json" ]; then
 fi
 
 # 6. systemd units
-UNITS="$ROOT/etc/systemd/system"
-install -d -m 0755 "$UNITS"
-for u in cuecam.service cuecam-firstboot.service; do
-  install -m 0644 "$SRC/ota/systemd/$u" "$UNITS/$u"
-done
+write_units
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable cuecam-firstboot.service cuecam.service

@@ -87,3 +87,39 @@ def test_install_into_a_staging_root_twice(tmp_path: Path) -> None:
     assert "OTA slot a" not in r.stdout
     print(f"install_sh_first_s: {first_s:.1f}")
     print(f"install_sh_again_s: {again_s:.1f}")
+
+
+@pytest.mark.parametrize(("args", "group"), [
+    (["--board", "rpi5-coral-usb"], "plugdev"),
+    (["--board", "rpi4-coral-usb"], "plugdev"),
+    (["--board", "rpi5", "--coral", "pcie"], "apex"),
+    (["--board", "rpi4"], None),
+    (["--board", "rpi-zero2w"], None),
+    ([], None),
+])
+def test_only_a_coral_board_gets_the_accelerators_group(tmp_path: Path, args: list[str], group: str | None) -> None:
+    """The service user reaches a Coral accelerator only on a Coral board: plugdev for the USB
+    one's udev rule, apex for the PCIe one; every other board keeps video and gpio only."""
+    root = tmp_path / "root"
+    r = _run("--root", str(root), "--units-only", *args)
+    assert r.returncode == 0, r.stderr
+    units = root / "etc/systemd/system"
+    assert (units / "cuecam.service").read_bytes() == (ROOT / "ota/systemd/cuecam.service").read_bytes()
+    dropin = units / "cuecam.service.d" / "coral.conf"
+    if group is None:
+        assert not dropin.exists()
+        return
+    lines = [ln for ln in dropin.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines == ["[Service]", f"SupplementaryGroups={group}"]
+    # switching the board back removes it (install.sh is run again to repair or re-provision)
+    assert _run("--root", str(root), "--units-only", "--board", "rpi5").returncode == 0
+    assert not dropin.exists()
+
+
+def test_the_board_kind_comes_from_the_provisioned_config(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc/cuecam").mkdir(parents=True)
+    (root / "etc/cuecam/board.yaml").write_text("version: 1\nboard:\n  name: cam-1\n  kind: rpi5-coral-usb\n")
+    assert _run("--root", str(root), "--units-only").returncode == 0
+    assert "SupplementaryGroups=plugdev" in (root / "etc/systemd/system/cuecam.service.d/coral.conf").read_text()
+    assert _run("--root", str(root), "--units-only", "--coral", "bogus").returncode != 0

@@ -110,3 +110,21 @@ def test_device_classes_exist_on_the_board() -> None:
     devices = {line.split()[1] for line in lines if line.strip()[:1].isdigit()}
     for cls in ("video4linux", "media", "dma_heap", "gpiochip"):
         assert cls in devices, f"{cls} not in /proc/devices: the unit's DeviceAllow=char-{cls} would not match"
+
+
+@pytest.mark.parametrize(("board", "extra"), [("rpi5-coral-usb", {"plugdev"}), ("rpi4-coral-usb", {"plugdev"}),
+                                              ("rpi5", set()), ("rpi4", set()), ("rpi-zero2w", set())])
+def test_service_groups_per_board(tmp_path: Path, board: str, extra: set[str]) -> None:
+    """The groups cuecam.service runs with, its drop-ins merged as systemd merges a list setting:
+    video and gpio everywhere, the Coral accelerator's group only on a Coral board."""
+    r = subprocess.run(["bash", str(ROOT / "install.sh"), "--root", str(tmp_path), "--units-only", "--board", board],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    units = tmp_path / "etc/systemd/system"
+    groups: set[str] = set()
+    for f in [units / "cuecam.service", *sorted((units / "cuecam.service.d").glob("*.conf"))]:
+        for value in _props(f).get("Service.SupplementaryGroups", []):
+            groups = set() if not value else groups | set(value.split())
+    assert groups == {"video", "gpio"} | extra
+    allowed = {v.split()[0] for v in _props(units / "cuecam.service")["Service.DeviceAllow"]}
+    assert {"char-apex", "char-usb_device"} <= allowed  # the devices are allowed; the group decides who opens them
