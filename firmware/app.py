@@ -32,6 +32,7 @@ from .model_manager import LoadedModels, ModelManager, load_models
 from .ota_agent import RESTART_EXIT_CODE, OtaAgent
 from .pipeline import Pipeline, PipelineStats, RestartPolicy
 from .privacy.audit import AuditLog
+from .privacy.companion import CompanionVerifier
 from .privacy.controller import PrivacyController
 from .privacy.schedule import ClosedSchedule
 from .privacy.signage import Signage
@@ -101,6 +102,7 @@ class Service:
         self.pipeline.closed = self.schedule.closed
         self.privacy = PrivacyController(cfg.privacy, pipeline=self.pipeline, vectors=self.vectors, audit=self.audit,
                                          clock=clock, wall_clock=wall_clock)
+        self.companions = CompanionVerifier.from_config(loaded, clock=wall_clock)  # AuthError: a key file
         # lifecycle: serve() stops when stop_event is set and exits with exit_code
         self.stop_event = asyncio.Event()
         self.exit_code = 0

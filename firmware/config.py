@@ -247,6 +247,17 @@ class LedConfig(_Strict):
     pin: int = Field(default=27, ge=0, le=27)  # blinks while paused, steady on while measuring
 
 
+class CompanionConfig(_Strict):
+    """An opt-out companion (companion/: a Pico W with a button by the sign) paired with this board.
+    Its requests to POST /v1/optout are signed with the key in ``key_file`` (`cuecam provision
+    --companion NAME`); the key allows nothing but opting out (docs/companion.md)."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+    key_file: str = Field(min_length=1, max_length=4096)
+    # Where the companion's button is, for the sign (`cuecam sign --companion NAME`).
+    position: str | None = Field(default=None, min_length=1, max_length=120)
+
+
 class OptOutConfig(_Strict):
     pause_s: float = Field(default=600.0, ge=1, le=3600)  # pause after a press (default 10 min)
     # Purge what the board holds from the last lookback_s seconds; None: everything it holds.
@@ -256,6 +267,18 @@ class OptOutConfig(_Strict):
     pins: Literal["auto", "mock", "none"] = "auto"
     button: ButtonConfig = ButtonConfig()
     led: LedConfig | None = LedConfig()
+    companions: Annotated[list[CompanionConfig], Field(max_length=32)] = []
+    # A companion's request is refused when its timestamp is further than this from the board's
+    # clock (the companion learns the board's clock from its answers; docs/companion.md).
+    companion_window_s: float = Field(default=90.0, ge=10, le=600)
+
+    @model_validator(mode="after")
+    def _unique_companions(self) -> OptOutConfig:
+        names = [c.name for c in self.companions]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"companion names must be unique: {', '.join(dup)}")
+        return self
 
 
 class ClosedHours(_Strict):

@@ -67,7 +67,11 @@ def _sign(args: argparse.Namespace) -> int:
     if not cfg.privacy.notice.language.startswith("en"):
         print(f"warning: privacy.notice.language is {cfg.privacy.notice.language!r}, but the sign's text exists "
               "only in English; it is written in English", file=sys.stderr)
-    notice = privacy_notice(cfg)
+    try:
+        notice = privacy_notice(cfg, args.companion)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     text = render_svg(notice) if fmt == "svg" else render_html(notice)
     try:
         args.out.write_text(text, encoding="utf-8")
@@ -108,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     sign.add_argument("--config", type=Path, required=True, help="the board config (e.g. board_configs/rpi5.yaml)")
     sign.add_argument("--out", type=Path, required=True, help="output file (.html or .svg)")
     sign.add_argument("--format", choices=("html", "svg"), help="default: svg for a .svg --out, else html")
+    sign.add_argument("--companion", metavar="NAME", help="the sign hangs by this companion's button "
+                      "(privacy.optout.companions): say where the button is")
     from . import gateway_cli, ota_cli, provision
 
     ota_cli.add_parser(sub)

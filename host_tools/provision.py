@@ -194,7 +194,15 @@ def write_fat_image(image: Path, files: dict[str, bytes], force: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from . import companion_provision
+
     try:
+        if args.companion is not None:
+            info = companion_provision.make(args)
+            print(json.dumps(info, indent=2) if args.json else companion_provision.summary(info))
+            return 0
+        if args.template is None or args.name is None:
+            raise ProvisionError("--template and --name are required (or --companion NAME for an opt-out companion)")
         if args.boot is None and args.out is None:
             raise ProvisionError("give --out DIR (files for the gateway) or --boot DIR (a card's boot partition)")
         files, info = make_bundle(args)
@@ -230,9 +238,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("provision", help="make a device's API token and board config (for the gateway, or onto a card)")
-    p.add_argument("--template", type=Path, required=True, help="a board config to start from (board_configs/*.yaml)")
-    p.add_argument("--name", required=True, help="the device name (board.name; a DNS label)")
+    from . import companion_provision
+
+    p = sub.add_parser("provision", help="make a device's API token and board config (for the gateway, or onto a card), "
+                       "or an opt-out companion's key and config (--companion)")
+    p.add_argument("--template", type=Path, help="a board config to start from (board_configs/*.yaml)")
+    p.add_argument("--name", help="the device name (board.name; a DNS label)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", type=Path, help="write DIR/NAME/{board.yaml,api-token,device.json}")
     where.add_argument("--boot", type=Path, help="a card's mounted boot partition, or a FAT image file: writes cuecam/ into it")
@@ -243,3 +254,4 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, choices=range(1, 65536), metavar="PORT", help="api.port (default: the template's)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (new token)")
     p.add_argument("--json", action="store_true", help="print what was made as JSON")
+    companion_provision.add_arguments(p)

@@ -26,6 +26,7 @@ from .. import __version__
 from ..privacy.audit import AUDIT_SCHEMA
 from ..privacy.notice import PRIVACY_SCHEMA, privacy_notice
 from ..signals.schema import AGGREGATES_SCHEMA, SCHEMA, VECTORS_SCHEMA, aggregates, to_json
+from . import companion
 from .auth import Token
 from .device import Device
 from .guard import API_CONFIG, MAX_BODY, RATE_LIMITER, STREAMING, UNTIMED, RateLimiter, deadline, idle_chunks, limits
@@ -128,7 +129,9 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return json_response(request.app[SERVICE].status())
+    body = request.app[SERVICE].status()
+    body["privacy"]["companions"] = request.app[companion.COMPANIONS].status()
+    return json_response(body)
 
 
 VECTOR_PARAMS = (
@@ -217,8 +220,11 @@ def _http_error(status: int, message: str) -> web.HTTPException:
 
 
 async def optout(request: web.Request) -> web.Response:
-    """Network-connected signage: the same as pressing the opt-out button."""
+    """Network-connected signage: the same as pressing the opt-out button. With the bearer token,
+    or signed by a paired companion (http/companion.py)."""
     parse_query(request, ())
+    if companion.is_companion_auth(request.headers.get("Authorization", "")):
+        return await companion.handle(request, request.app[SERVICE])
     return json_response(await request.app[SERVICE].privacy.optout("api"))
 
 
@@ -444,7 +450,8 @@ ROUTES: tuple[Route, ...] = (
               "type": "object", "required": ["url"], "additionalProperties": False,
               "properties": {"url": {"type": "string", "maxLength": 2048}}}}}},
           errors=((400, "Body is not {\"url\": ...}, or the URL is not allowed"), *_OTA_ERRORS)),
-    Route("POST", "/v1/optout", optout, "Opt out: pause measuring and purge what the board holds, as the button does.",
+    Route("POST", "/v1/optout", optout, "Opt out: pause and purge, as the button does. Bearer token, or a paired "
+          "companion's signed body (Authorization: Cuecam-Companion NAME:HMAC; docs/companion.md).",
           response=_OPTOUT_SCHEMA),
     Route("POST", "/v1/sim/button", sim_button, "Sim board only: press the mock opt-out button.",
           params=SIM_BUTTON_PARAMS, response=_BUTTON_SCHEMA,
@@ -557,6 +564,8 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
     if resource is None or resource.canonical in PUBLIC_PATHS or request.match_info.http_exception is not None:
         return await handler(request)
     header = request.headers.get("Authorization", "")
+    if resource.canonical == "/v1/optout" and request.method == "POST" and companion.is_companion_auth(header):
+        return await handler(request)  # a companion: its HMAC is checked by the handler; no other route takes it
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented or not request.app[TOKEN].matches(presented.strip()):
         raise web.HTTPUnauthorized(
@@ -582,6 +591,7 @@ def build_app(svc: Device, token: Token, *, manage_service: bool = True) -> web.
     app[OPENAPI] = openapi_document(svc.zone_names, api.max_limit, list(svc.config.ota.pull_hosts))
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_ServiceCollector(svc))  # type: ignore[arg-type]
+    companion.setup(app, svc.companions, registry)
     app[METRICS] = registry
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)

@@ -11,6 +11,7 @@ from ..config import Config
 from ..ota_agent import OtaAgent
 from ..pipeline import PipelineStats
 from ..privacy.audit import AuditLog
+from ..privacy.companion import CompanionVerifier
 from ..privacy.signage import Signage
 from ..ringbuffer import RingBuffer
 from ..status_view import Health
@@ -34,9 +35,10 @@ class PrivacyControls(Protocol):
 
     def paused_remaining(self) -> float | None: ...
 
-    async def optout(self, source: str) -> dict[str, Any]: ...
+    async def optout(self, source: str, *, pause_s: float | None = None,
+                     labels: dict[str, Any] | None = None) -> dict[str, Any]: ...
 
-    async def resume(self, source: str) -> bool: ...
+    async def resume(self, source: str, *, labels: dict[str, Any] | None = None) -> bool: ...
 
 
 class Device(Protocol):
@@ -63,6 +65,9 @@ class Device(Protocol):
 
     @property
     def privacy(self) -> PrivacyControls: ...
+
+    @property
+    def companions(self) -> CompanionVerifier: ...  # the opt-out companions paired with the board
 
     # read by the metrics collector
     @property

@@ -5,9 +5,12 @@ One JSON object per line::
     {"t": 1732550400.123, "iso": "2024-11-25T16:00:00.123Z", "event": "optout", "source": "button", "vectors": 12}
 
 An entry holds no personal data, by construction: ``event`` and ``source`` come from the small
-allow-lists below and everything else is a named number (a count or a duration). Anything else
-is refused with ``ValueError``, and lines of an existing file that do not pass the same checks
-are skipped, so nothing but allow-listed fields is ever served by ``GET /v1/audit``.
+allow-lists below and everything else is a named number (a count or a duration), except two
+labels of a companion's request (the opt-out button away from the board, firmware/privacy/companion.py):
+``companion``, the companion's configured name (a device name such as ``door-1``), and ``reason``,
+why a request was refused, from :data:`REASONS`. Anything else is refused with ``ValueError``,
+and lines of an existing file that do not pass the same checks are skipped, so nothing but
+allow-listed fields is ever served by ``GET /v1/audit``.
 
 The file is small (capped at ``privacy.audit_max_bytes``; the oldest lines go first) and is
 rewritten whole on every append through ``fsutil.atomic_write_bytes``, so a power cut leaves the
@@ -35,11 +38,16 @@ from ..fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("optout", "resume", "purge", "retention", "start", "stop")
-SOURCES = ("button", "api", "schedule", "system")
+EVENTS = ("optout", "resume", "purge", "retention", "start", "stop", "refused")
+SOURCES = ("button", "api", "schedule", "system", "companion")
+# why the board refused a companion's request (event "refused", source "companion")
+REASONS = ("unknown_companion", "bad_signature", "malformed", "wrong_board", "replay", "stale", "expired",
+           "resume_not_allowed")
+LABELS = ("companion", "reason")
 RESERVED = ("t", "iso", "event", "source")
 MAX_COUNTS = 16
 _COUNT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+COMPANION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")  # as privacy.optout.companions[].name
 
 ENTRY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -49,6 +57,9 @@ ENTRY_SCHEMA: dict[str, Any] = {
         "iso": {"type": "string", "description": "the same time, UTC ISO-8601"},
         "event": {"type": "string", "enum": list(EVENTS)},
         "source": {"type": "string", "enum": list(SOURCES)},
+        "companion": {"type": "string", "pattern": COMPANION_NAME.pattern,
+                      "description": "the companion (opt-out button away from the board) that sent the request"},
+        "reason": {"type": "string", "enum": list(REASONS), "description": "why a companion's request was refused"},
     },
     "additionalProperties": {"type": "number", "description": "a count, e.g. vectors or tracks"},
 }
@@ -67,6 +78,14 @@ def _check_counts(counts: dict[str, Any]) -> None:
     if len(counts) > MAX_COUNTS:
         raise ValueError(f"an audit entry takes at most {MAX_COUNTS} counts, got {len(counts)}")
     for name, value in counts.items():
+        if name == "companion" and isinstance(value, str):
+            if not COMPANION_NAME.match(value):
+                raise ValueError(f"audit label companion={value[:80]!r} is not a device name")
+            continue
+        if name == "reason" and isinstance(value, str):
+            if value not in REASONS:
+                raise ValueError(f"audit label reason={value[:80]!r} is not one of {REASONS}")
+            continue
         if name in RESERVED or not _COUNT_NAME.match(name):
             raise ValueError(f"audit count name {name!r} is not allowed (lower_snake_case, not one of {RESERVED})")
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -168,7 +187,7 @@ class AuditLog:
             self._entries.popleft()
 
     # -- the API ------------------------------------------------------------------------------
-    def append(self, event: str, source: str, **counts: int | float) -> dict[str, Any]:
+    def append(self, event: str, source: str, **counts: int | float | str) -> dict[str, Any]:
         """Record an event; returns the entry. Raises ValueError only for fields off the
         allow-list, never for a disk error."""
         _check(event, source, counts)

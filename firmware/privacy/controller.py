@@ -98,19 +98,23 @@ class PrivacyController:
                 await self._resume_locked("button")
 
     # -- transitions -----------------------------------------------------------------------------
-    async def optout(self, source: str) -> dict[str, Any]:
+    async def optout(self, source: str, *, pause_s: float | None = None,
+                     labels: dict[str, Any] | None = None) -> dict[str, Any]:
         """Pause measuring and purge, at once: frames in flight dropped, every track and pending
         window forgotten, the vectors of the look-back (default: all) zeroed; the pause lasts
-        privacy.optout.pause_s. A press while paused purges again and restarts the pause."""
+        privacy.optout.pause_s (``pause_s``: what is left of it, for a press that reached the
+        board late). A press while paused purges again and restarts the pause. ``labels``: more
+        fields for the audit entry (a companion's name and counters)."""
         async with self._lock:
-            return await self._optout_locked(source)
+            return await self._optout_locked(source, pause_s, labels)
 
-    async def resume(self, source: str) -> bool:
+    async def resume(self, source: str, *, labels: dict[str, Any] | None = None) -> bool:
         """End a pause early (or when it runs out). False when not paused."""
         async with self._lock:
-            return await self._resume_locked(source)
+            return await self._resume_locked(source, labels)
 
-    async def _optout_locked(self, source: str) -> dict[str, Any]:
+    async def _optout_locked(self, source: str, pause_s: float | None = None,
+                             labels: dict[str, Any] | None = None) -> dict[str, Any]:
         self._transitions += 1
         t0 = self.now()
         frames, tracks = await self.pipeline.pause()
@@ -125,7 +129,7 @@ class PrivacyController:
             cutoff = self.now() - lookback
             seq_from = self.vectors.first_seq_from(cutoff, field="t_mono")
             vectors = self.vectors.purge_since(cutoff, field="t_mono")
-        pause_s = self.cfg.optout.pause_s
+        pause_s = self.cfg.optout.pause_s if pause_s is None else pause_s
         self._paused_until = self.now() + pause_s
         self._start_timer(pause_s)
         if self.signage is not None:
@@ -139,12 +143,12 @@ class PrivacyController:
         result = {"paused": True, "remaining_s": round(pause_s, 3), **self.last_optout}
         # appended and fsynced off the event loop; under the lock, so the log's order is the board's
         await asyncio.to_thread(self.audit.append, "optout", source, vectors=vectors, tracks=tracks, frames=frames,
-                                pause_s=pause_s)
+                                pause_s=round(pause_s, 3), **(labels or {}))
         log.info("opt-out (%s): paused %.0f s; purged %d vectors, %d tracks, %d frames in %.1f ms",
                  source, pause_s, vectors, tracks, frames, latency_ms)
         return result
 
-    async def _resume_locked(self, source: str) -> bool:
+    async def _resume_locked(self, source: str, labels: dict[str, Any] | None = None) -> bool:
         if self._paused_until is None:
             return False
         self._transitions += 1
@@ -153,7 +157,7 @@ class PrivacyController:
         self.pipeline.resume()
         if self.signage is not None:
             self.signage.show(paused=False)
-        await asyncio.to_thread(self.audit.append, "resume", source)
+        await asyncio.to_thread(self.audit.append, "resume", source, **(labels or {}))
         log.info("measuring again (%s)", source)
         return True
 

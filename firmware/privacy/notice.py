@@ -80,19 +80,32 @@ PRIVACY_SCHEMA: dict[str, Any] = {
 }
 
 
-def privacy_notice(cfg: Config) -> dict[str, Any]:
-    """Everything the sign says, as data. The sentences are English (language "en")."""
+def privacy_notice(cfg: Config, companion: str | None = None) -> dict[str, Any]:
+    """Everything the sign says, as data. The sentences are English (language "en"). With
+    ``companion`` (one of privacy.optout.companions), the sign hangs by that companion's button
+    and says where the button is (its ``position``); ValueError for a companion not listed."""
     p = cfg.privacy
     window = _num(cfg.signals.window_s)
     retention = duration_text(p.retention_s)
     pause = duration_text(p.optout.pause_s)
-    button = p.optout.pins != "none"
+    button = p.optout.pins != "none" or bool(p.optout.companions)
+    comp = None
+    if companion is not None:
+        comp = next((c for c in p.optout.companions if c.name == companion), None)
+        if comp is None:
+            listed = ", ".join(c.name for c in p.optout.companions) or "none"
+            raise ValueError(f"companion {companion!r} is not in privacy.optout.companions (listed: {listed})")
     if p.optout.lookback_s is None:
         deletes = "deletes everything it holds"
     else:
         deletes = f"deletes what it recorded in the last {duration_text(p.optout.lookback_s)}"
     how = []
-    if button:
+    if comp is not None:
+        how.append(f"Press the button {comp.position or 'on this sign'}: the cameras here stop measuring for {pause} "
+                   f"and each {deletes}.")
+        how.append("The light by the button stays on once every camera has stopped; if it blinks, ask a member of staff.")
+        how.append("Or ask a member of staff to do it for you.")
+    elif button:
         how.append(f"Press the button on this sign: the camera stops measuring for {pause} and {deletes}.")
         how.append("Or ask a member of staff to do it for you.")
     else:

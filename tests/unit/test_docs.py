@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ["docs/privacy.md", "docs/ota.md", "docs/signals.md", "docs/gateway.md", "docs/board.md", "docs/security.md"]
+DOCS = ["docs/privacy.md", "docs/ota.md", "docs/signals.md", "docs/gateway.md", "docs/board.md", "docs/security.md",
+        "docs/companion.md"]
 # `tests/x.py`, `tests/x.py::name`, or `::name` (a test in the file named last before it)
 REF = re.compile(r"(tests/[\w/]+\.py)(?:::(\w+))?|`::(\w+)`")
 
