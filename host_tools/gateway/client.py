@@ -46,6 +46,8 @@ class DeviceState:
     errors: int = 0
     rejected: int = 0  # vectors in a page that did not parse
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))  # recent poll round trips
+    # the opt-out companions paired with the board, from its /v1/status (None: not read yet)
+    companions: list[dict[str, Any]] | None = None
 
     def to_json(self, now: float, cursor: Any) -> dict[str, Any]:
         lat = sorted(self.latency_ms)
@@ -56,7 +58,8 @@ class DeviceState:
                 "optouts_seen": cursor.purges_seen, "forgotten": cursor.forgotten,
                 "restarts_seen": max(0, cursor.boots - 1),
                 "poll_ms_p50": round(lat[len(lat) // 2], 1) if lat else None,
-                "poll_ms_p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None}
+                "poll_ms_p99": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1) if lat else None,
+                "companions": self.companions}
 
 
 class DevicePoller:
@@ -79,6 +82,7 @@ class DevicePoller:
         # cumulative poll round-trip histogram (LATENCY_BUCKETS, then +Inf) and sum, for /metrics
         self.hist = [0] * (len(LATENCY_BUCKETS) + 1)
         self.hist_sum = 0.0
+        self._next_status = 0.0  # monotonic: when /v1/status is read next
 
     async def _page(self, since: int) -> dict[str, Any]:
         url = f"{self.base}/v1/vectors"
@@ -112,6 +116,23 @@ class DevicePoller:
         if not isinstance(cursor, int) or not isinstance(lost, int) or cursor < 0 or lost < 0:
             raise DeviceProtocolError("bad cursor or lost count")
         return page
+
+    async def poll_status(self) -> None:
+        """The board's paired companions and their last press, from /v1/status. A board that does
+        not answer it (older firmware, a simulated board) keeps what was read last; never raises."""
+        self._next_status = self.mono() + self.polling.status_s
+        try:
+            async with self.session.get(f"{self.base}/v1/status", headers=self.headers,
+                                        timeout=aiohttp.ClientTimeout(total=self.polling.timeout_s)) as resp:
+                body = await resp.content.read(STATUS_MAX_BYTES + 1)
+                if resp.status != 200 or len(body) > STATUS_MAX_BYTES:
+                    return
+            listed = orjson.loads(body).get("privacy", {}).get("companions")
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError, AttributeError) as e:
+            log.debug("%s: /v1/status: %s", self.name, e)
+            return
+        if isinstance(listed, list):
+            self.state.companions = [c for c in map(_companion, listed[:32]) if c is not None]
 
     async def poll_once(self) -> bool:
         """One page; True if the board said there is more right away."""
@@ -183,8 +204,27 @@ class DevicePoller:
             self.state.state, self.state.error = "ok", None
             self.state.last_ok, self.state.last_ok_wall = self.mono(), self.wall()
             backoff = self.polling.interval_s
+            if self.polling.status_s and self.mono() >= self._next_status:
+                await self.poll_status()
             if not more:
                 await _sleep(stop, self.polling.interval_s)
+
+
+STATUS_MAX_BYTES = 256 * 1024
+COMPANION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+
+
+def _companion(c: Any) -> dict[str, Any] | None:
+    """One companion of a board's status, the fields the gateway shows, checked."""
+    if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not COMPANION_NAME.match(c["name"]):
+        return None
+
+    def num(v: Any) -> float | None:
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    return {"name": c["name"], "presses": int(num(c.get("presses")) or 0), "last_press_t": num(c.get("last_press_t")),
+            "last_action": c.get("last_action") if c.get("last_action") in ("optout", "resume") else None,
+            "refusals": int(num(c.get("refusals")) or 0)}
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

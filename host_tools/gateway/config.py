@@ -59,6 +59,9 @@ class PollingSection(_Strict):
     backoff_max_s: float = Field(default=30.0, gt=0, le=600)
     stale_after_s: float = Field(default=10.0, gt=0, le=3600)
     max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=256 * 1024 * 1024)
+    # Each board's /v1/status is read this often for what the gateway shows besides vectors (the
+    # opt-out companions paired with it and their last press); 0: never.
+    status_s: float = Field(default=30.0, ge=0, le=3600)
 
 
 class DeviceSection(_Strict):

@@ -8,7 +8,7 @@ Routes (bearer token when ``gateway.token`` is set; required off loopback):
     GET /v1/state?window=S           store state: per-zone sessions and signal means over the last S s,
                                      traffic, devices, rules fired
     GET /v1/trend?zone=Z             per-bucket history still held (retention)
-    GET /v1/devices                  each board: state, last poll, boot, cursor, vectors, lost, poll latency
+    GET /v1/devices                  each board: state, last poll, boot, cursor, vectors, lost, poll latency, companions
     GET /v1/decisions?since=&limit=  recent decisions with their explanations and what each output did
     GET /v1/sessions?limit=          session summaries (a board's random token; never an identity)
     GET /metrics                     Prometheus text
@@ -266,6 +266,15 @@ class _Collector:
             hist.add_metric([p.name], [(str(b), float(n)) for b, n in zip(LATENCY_BUCKETS, p.hist, strict=False)]
                             + [("+Inf", float(p.hist[-1]))], p.hist_sum)
         yield from (up, vec, lost, errs, restarts, forgot, hist)
+        presses = CounterMetricFamily("cuecam_gateway_companion_presses", "Presses each board accepted from each "
+                                      "opt-out companion (read from its /v1/status)", labels=["device", "companion"])
+        last = GaugeMetricFamily("cuecam_gateway_companion_last_press_timestamp_seconds", "When the board accepted "
+                                 "the companion's last press (epoch s; 0: never)", labels=["device", "companion"])
+        for p in gw.pollers:
+            for comp in p.state.companions or []:
+                presses.add_metric([p.name, comp["name"]], comp["presses"])
+                last.add_metric([p.name, comp["name"]], comp["last_press_t"] or 0.0)
+        yield from (presses, last)
         sess = GaugeMetricFamily("cuecam_gateway_sessions", "Sessions held (within retention)")
         sess.add_metric([], len(gw.store.sessions))
         yield sess

@@ -150,7 +150,7 @@ def test_what_the_companion_signs_the_board_accepts_and_the_boards_answer_is_che
     c = Clock()
     v = verifier(tmp_path, c)
     comp = core.Companion(core.check_config(companion_cfg()), button_pin=None, led=None, radio=None, transport=None,
-                          state_dir=str(tmp_path))
+                          state_dir=str(tmp_path), log=lambda m: None)
     board = comp.boards[0]
     now = core.ticks_ms()
     board.sync = (c(), now)
