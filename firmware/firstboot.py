@@ -4,7 +4,8 @@
 
 ``cuecam provision --boot DIR`` writes ``DIR/cuecam/`` onto a freshly flashed card's FAT boot
 partition (:data:`BUNDLE_FILES`: device.json, board.yaml, api-token, and with ``--tls`` the
-device's certificate and key). On the board, cuecam-firstboot.service runs this before
+device's certificate and key; with ``--pair`` the keys of opt-out companions, companions/NAME.key,
+installed 0600 for the service user and scrubbed like the token). On the board, cuecam-firstboot.service runs this before
 cuecam.service. It
 
 1. finds the first ``BOOT/cuecam/device.json`` and reads the bundle (only the known names, regular
@@ -53,6 +54,19 @@ BUNDLE_FILES: dict[str, tuple[int, bool, bool]] = {
     "tls/device.key": (0o600, True, True),
 }
 REQUIRED = ("device.json", "board.yaml", "api-token")
+# and any number (up to 32) of opt-out companions' keys, `cuecam provision --pair DIR`: secret like the token
+COMPANION_KEY = re.compile(r"^companions/[A-Za-z0-9][A-Za-z0-9-]{0,62}\.key$")
+COMPANION_KEY_SPEC = (0o600, True, True)
+MAX_COMPANION_KEYS = 32
+
+
+def file_spec(rel: str) -> tuple[int, bool, bool] | None:
+    """(mode, owned by the service user, secret) of a file a bundle may hold, or None."""
+    return BUNDLE_FILES.get(rel) or (COMPANION_KEY_SPEC if COMPANION_KEY.match(rel) else None)
+
+
+def secret_names(names: list[str]) -> list[str]:
+    return [n for n in names if (spec := file_spec(n)) is not None and spec[2]]
 
 
 class BundleError(ValueError):
@@ -127,14 +141,21 @@ def read_bundle(bundle: Path) -> dict[str, bytes]:
     for dirpath, dirnames, filenames in os.walk(bundle):
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             rel = Path(dirpath, name).relative_to(bundle).as_posix()
-            if rel not in BUNDLE_FILES:
-                raise BundleError(f"{bundle / rel}: not a file a provisioning bundle holds ({', '.join(BUNDLE_FILES)})")
+            if file_spec(rel) is None:
+                raise BundleError(f"{bundle / rel}: not a file a provisioning bundle holds "
+                                  f"({', '.join(BUNDLE_FILES)}, companions/NAME.key)")
             files[rel] = _read(bundle / rel)
     for need in REQUIRED:
         if need not in files:
             raise BundleError(f"{bundle / need} is missing: write the bundle again with `cuecam provision --boot`")
     if ("tls/device.crt" in files) != ("tls/device.key" in files):
         raise BundleError(f"{bundle / 'tls'}: device.crt and device.key go together")
+    keys = [n for n in files if COMPANION_KEY.match(n)]
+    if len(keys) > MAX_COMPANION_KEYS:
+        raise BundleError(f"{bundle / 'companions'}: at most {MAX_COMPANION_KEYS} companion keys")
+    for n in keys:
+        if not re.fullmatch(rb"[0-9a-f]{64}\n?", files[n]):
+            raise BundleError(f"{bundle / n}: a companion key is 64 hex characters (`cuecam provision --companion`)")
     check_device_json(files["device.json"], str(bundle / "device.json"))
     check_token(files["api-token"], str(bundle / "api-token"))
     try:
@@ -174,9 +195,9 @@ def remove_bundle(bundle: Path) -> None:
     if trigger.exists():
         trigger.unlink()
         fsync_dir(bundle)
-    for name, (_, _, secret) in BUNDLE_FILES.items():
-        if secret:
-            _scrub(bundle / name)
+    present = [Path(d, f).relative_to(bundle).as_posix() for d, _, fs in os.walk(bundle) for f in fs]
+    for name in secret_names(present):
+        _scrub(bundle / name)
     for dirpath, dirnames, filenames in os.walk(bundle, topdown=False):
         for n in filenames:
             os.unlink(os.path.join(dirpath, n))
@@ -192,7 +213,9 @@ def install(files: dict[str, bytes], etc: Path, owner: Owner) -> list[str]:
     etc.chmod(0o750)
     written = []
     for name, data in files.items():
-        mode, service_owned, _ = BUNDLE_FILES[name]
+        spec = file_spec(name)
+        assert spec is not None, name  # read_bundle let only these through
+        mode, service_owned, _ = spec
         dest = etc / name
         if dest.parent != etc:
             dest.parent.mkdir(exist_ok=True)
@@ -260,9 +283,10 @@ class FatImage:
     def remove(self) -> None:
         if self.triggered():
             self._m("mdel", f"::/{BUNDLE_DIR}/{TRIGGER}")
-        for name, (_, _, secret) in BUNDLE_FILES.items():
-            if secret:
-                self._zero_clusters(f"::/{BUNDLE_DIR}/{name}")
+        listing = self._m("mdir", "-b", "-/", f"::/{BUNDLE_DIR}", check=False).stdout.splitlines()
+        present = [line.strip().split(f"::/{BUNDLE_DIR}/", 1)[1] for line in listing if f"::/{BUNDLE_DIR}/" in line]
+        for name in dict.fromkeys(secret_names([n.rstrip("/") for n in present] + list(BUNDLE_FILES))):
+            self._zero_clusters(f"::/{BUNDLE_DIR}/{name}")
         self._m("mdeltree", f"::/{BUNDLE_DIR}")
 
     def _zero_clusters(self, path: str) -> None:

@@ -143,12 +143,30 @@ def make(args: argparse.Namespace) -> dict[str, Any]:
     atomic_write_bytes(comp_dir / "companion-key", key.hex().encode() + b"\n", mode=0o600)
     atomic_write_bytes(comp_dir / "companion.json", json.dumps(cfg, indent=2).encode() + b"\n", mode=0o600)
     device = {"schema": 1, "name": name, "kind": "companion", "boards": [b for b, _ in boards],
-              "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+              "position": args.position, "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     atomic_write_bytes(comp_dir / "device.json", json.dumps(device, indent=2).encode() + b"\n", mode=0o644)
     return {"companion": name, "dir": str(comp_dir), "config": str(comp_dir / "companion.json"),
             "key_file": str(comp_dir / "companion-key"), "key_sha256": hashlib.sha256(key).hexdigest()[:16],
             "boards": {b: {"config": str(dest / b / "board.yaml"), "key_file": str(dest / b / "companions" / f"{name}.key"),
                            "installs_to": f"{ETC_KEYS}/{name}.key"} for b, _ in boards}}
+
+
+def paired(directory: Path) -> tuple[dict[str, Any], bytes]:
+    """A companion made by ``--companion`` (its directory) for a board's bundle (``--pair DIR``):
+    its board.yaml entry and its key file."""
+    try:
+        device = json.loads((directory / "device.json").read_text(encoding="utf-8"))
+        key = (directory / "companion-key").read_bytes()
+    except (OSError, ValueError) as e:
+        raise ProvisionError(f"--pair {directory}: not a companion made by `cuecam provision --companion` ({e})") from e
+    if not isinstance(device, dict) or device.get("kind") != "companion" or not NAME_RE.match(str(device.get("name"))):
+        raise ProvisionError(f"--pair {directory}: device.json is not a companion's")
+    if not re.fullmatch(rb"[0-9a-f]{64}\n?", key):
+        raise ProvisionError(f"--pair {directory}: companion-key is not 64 hex characters")
+    entry: dict[str, Any] = {"name": device["name"], "key_file": f"{ETC_KEYS}/{device['name']}.key"}
+    if isinstance(device.get("position"), str) and device["position"]:
+        entry["position"] = device["position"][:120]
+    return entry, key
 
 
 def summary(info: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from firmware.firstboot import BUNDLE_DIR, BUNDLE_FILES, BundleError, FatImage, read_bundle, validate_board_yaml
+from firmware.firstboot import BUNDLE_DIR, BundleError, FatImage, file_spec, read_bundle, validate_board_yaml
 from firmware.fsutil import atomic_write_bytes
 
 ETC = "/etc/cuecam"
@@ -71,7 +71,7 @@ def _ota_keys(values: list[str]) -> list[str]:
 
 
 def board_config(template: Path, name: str, *, ota_keys: list[str], tls: bool, port: int | None,
-                 gateway: str | None = None) -> str:
+                 gateway: str | None = None, companions: list[dict[str, Any]] | None = None) -> str:
     try:
         text = template.read_text(encoding="utf-8")
     except OSError as e:
@@ -90,6 +90,11 @@ def board_config(template: Path, name: str, *, ota_keys: list[str], tls: bool, p
     data["api"] = api
     if ota_keys:
         data["ota"] = {**(data.get("ota") or {}), "trusted_keys": ota_keys}
+    if companions:
+        privacy = data["privacy"] = dict(data.get("privacy") or {})
+        optout = privacy["optout"] = dict(privacy.get("optout") or {})
+        names = {c["name"] for c in companions}
+        optout["companions"] = [c for c in optout.get("companions") or [] if c.get("name") not in names] + companions
     if gateway:
         # the board pulls updates from its gateway (POST /v1/ota/pull): allow that host, and only it
         host = urllib.parse.urlsplit(gateway).hostname
@@ -142,13 +147,19 @@ def make_bundle(args: argparse.Namespace) -> tuple[dict[str, bytes], dict[str, A
             raise ProvisionError(f"--ip {ip!r} is not an IP address") from None
     if args.gateway and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", args.gateway):
         raise ProvisionError(f"--gateway {args.gateway!r}: expected a URL such as http://10.0.0.2:9000")
+    from .companion_provision import paired
+
+    pairs = [paired(d) for d in args.pair]
     cfg = board_config(args.template, args.name, ota_keys=_ota_keys(args.ota_pub), tls=args.tls, port=args.port,
+                       companions=[entry for entry, _ in pairs],
                        gateway=args.gateway)
     kind = yaml.safe_load(cfg)["board"]["kind"]
     token = secrets.token_urlsafe(32)  # 256 bits
     device = {"schema": 1, "name": args.name, "kind": kind, "template": args.template.name, "gateway": args.gateway,
               "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "tls_sha256": None}
     files: dict[str, bytes] = {"board.yaml": cfg.encode(), "api-token": token.encode() + b"\n"}
+    for entry, key in pairs:
+        files[f"companions/{entry['name']}.key"] = key
     if args.tls:
         cert, key, fp = tls_pair(args.name, args.ip)
         files["tls/device.crt"], files["tls/device.key"] = cert, key
@@ -165,7 +176,9 @@ def write_dir(dest: Path, files: dict[str, bytes], force: bool) -> None:
     if clash and not force:
         raise ProvisionError(f"{dest} already holds {', '.join(clash)}: use --force to replace them (a new token)")
     for name, data in files.items():
-        atomic_write_bytes(dest / name, data, mode=BUNDLE_FILES[name][0])
+        spec = file_spec(name)
+        assert spec is not None, name
+        atomic_write_bytes(dest / name, data, mode=spec[0])
 
 
 def _mtools(*cmd: str) -> str:
@@ -253,5 +266,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--ip", action="append", default=[], help="an IP address for the certificate's SAN (repeatable)")
     p.add_argument("--port", type=int, choices=range(1, 65536), metavar="PORT", help="api.port (default: the template's)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle (new token)")
+    p.add_argument("--pair", action="append", default=[], type=Path, metavar="DIR",
+                   help="pair an opt-out companion made by `cuecam provision --companion` (its directory, e.g. "
+                   "devices/door-1): its key goes into the bundle, the companion into board.yaml (repeatable)")
     p.add_argument("--json", action="store_true", help="print what was made as JSON")
     companion_provision.add_arguments(p)

@@ -185,3 +185,48 @@ def test_provision_cli_entry_point(tmp_path: Path) -> None:
                         "--out", str(tmp_path), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["config"] == str(tmp_path / "x9" / "board.yaml")
+
+
+def test_a_companion_paired_on_the_card_reaches_etc_and_its_key_is_scrubbed(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`cuecam provision --companion` then, per card, `--pair devices/NAME`: the companion's key
+    travels in the boot bundle (a real FAT image), first boot installs it as
+    /etc/cuecam/companions/NAME.key (0600, the service user's) with the companion in board.yaml,
+    and overwrites the key's clusters on the card."""
+    _mtools_ready()
+    devices = tmp_path / "devices"
+    assert cuecam(["provision", "--template", str(RPI5), "--name", "cam-e", "--out", str(devices)]) == 0
+    assert cuecam(["provision", "--companion", "door-1", "--out", str(devices), "--board", "cam-e=http://10.0.0.40:8080",
+                   "--wifi-ssid", "ShopNet", "--position", "under the arrow"]) == 0
+    capsys.readouterr()
+    key = (devices / "door-1" / "companion-key").read_text().strip()
+    image, etc = tmp_path / "bootfs.img", tmp_path / "etc"
+    subprocess.run(["truncate", "-s", "32M", str(image)], check=True)
+    subprocess.run(["mkfs.vfat", "-n", "BOOTFS", str(image)], check=True, capture_output=True)
+    assert cuecam(["provision", "--template", str(RPI5), "--name", "cam-e", "--boot", str(image),
+                   "--pair", str(devices / "door-1")]) == 0
+    assert key.encode() in image.read_bytes()
+    assert firstboot(["--boot", str(image), "--etc", str(etc), "--owner", OWNER]) == 0
+    installed = etc / "companions" / "door-1.key"
+    assert installed.read_text().strip() == key and _mode(installed) == 0o600
+    assert pwd.getpwnam(OWNER).pw_uid == installed.stat().st_uid
+    assert key.encode() not in image.read_bytes(), "the key's clusters on the card are zeros"
+    cfg = yaml.safe_load((etc / "board.yaml").read_text())
+    assert cfg["privacy"]["optout"]["companions"] == [
+        {"name": "door-1", "key_file": "/etc/cuecam/companions/door-1.key", "position": "under the arrow"}]
+    # the board loads it: its verifier knows the companion (the key file as installed)
+    from firmware.privacy.companion import CompanionVerifier
+
+    text = (etc / "board.yaml").read_text().replace("/etc/cuecam/companions/", f"{etc}/companions/")
+    text = text.replace("/var/lib/cuecam/audit.jsonl", str(tmp_path / "audit.jsonl"))
+    (tmp_path / "b.yaml").write_text(text)
+    v = CompanionVerifier.from_config(load_config(tmp_path / "b.yaml"))
+    assert list(v.companions) == ["door-1"] and v.companions["door-1"].key.hex() == key
+    # a bundle with a malformed companion key is refused whole
+    bad = tmp_path / "boot2"
+    bad.mkdir()
+    assert cuecam(["provision", "--template", str(RPI5), "--name", "cam-f", "--boot", str(bad)]) == 0
+    (bad / "cuecam" / "companions").mkdir()
+    (bad / "cuecam" / "companions" / "door-1.key").write_text("not a key\n")
+    assert firstboot(["--boot", str(bad), "--etc", str(tmp_path / "etc2"), "--owner", OWNER]) == 2
+    assert "companion key" in capsys.readouterr().err and not (tmp_path / "etc2").exists()
