@@ -591,7 +591,7 @@ def build_app(svc: Device, token: Token, *, manage_service: bool = True) -> web.
     app[OPENAPI] = openapi_document(svc.zone_names, api.max_limit, list(svc.config.ota.pull_hosts))
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_ServiceCollector(svc))  # type: ignore[arg-type]
-    companion.setup(app, svc.companions, registry)
+    companion.setup(app, svc.companions, svc.audit, registry)
     app[METRICS] = registry
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)

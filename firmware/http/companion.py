@@ -10,9 +10,11 @@ so a companion lights its "paused" LED only for an answer this board gave to tha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +44,8 @@ async def handle(request: web.Request, svc: Device) -> web.Response:
     try:
         req = v.verify(request.headers.get("Authorization", ""), body)
     except Refused as e:
-        labels: dict[str, Any] = {"reason": e.reason}
-        if e.companion is not None and COMPANION_NAME.match(e.companion):
-            labels["companion"] = e.companion
-        await asyncio.to_thread(svc.audit.append, "refused", "companion", **labels)
+        await request.app[REFUSALS].add(e.reason, e.companion if e.companion and COMPANION_NAME.match(e.companion)
+                                         else None)
         log.warning("companion request refused (%s%s): %s", e.reason,
                     f", {e.companion}" if e.companion else "", e)
         out: dict[str, Any] = {"error": {"status": 401, "message": f"companion request refused ({e.reason}): {e}"},
@@ -78,17 +78,80 @@ async def handle(request: web.Request, svc: Device) -> web.Response:
 SAVES: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("companion_saves")
 
 
+class RefusalLog:
+    """Refusals into the audit log, every one of them, without letting a flood of forged requests
+    rewrite the log (and the SD card) many times a second: the first refusal after a quiet
+    ``window_s`` is written at once; the ones that follow within the window are counted per
+    reason and companion and written as one entry each (``count``) when the window ends."""
+
+    def __init__(self, audit: Any, window_s: float = 1.0) -> None:
+        self.audit = audit
+        self.window_s = window_s
+        self.pending: dict[tuple[str, str | None], int] = {}
+        self._last = -1e18
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def add(self, reason: str, companion: str | None) -> None:
+        now = time.monotonic()
+        if self._flusher is None and now - self._last >= self.window_s:
+            self._last = now
+            await self._write(reason, companion, 1)
+            return
+        self.pending[(reason, companion)] = self.pending.get((reason, companion), 0) + 1
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_later(self._last + self.window_s - now))
+
+    async def _write(self, reason: str, companion: str | None, count: int) -> None:
+        labels: dict[str, Any] = {"reason": reason, **({"companion": companion} if companion else {})}
+        if count > 1:
+            labels["count"] = count
+        await asyncio.to_thread(self.audit.append, "refused", "companion", **labels)
+
+    async def _flush_later(self, delay: float) -> None:
+        try:
+            await asyncio.sleep(max(0.0, delay))
+        finally:
+            await self.flush()
+
+    async def flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        self._last = time.monotonic()
+        self._flusher = None
+        for (reason, companion), n in pending.items():
+            await self._write(reason, companion, n)
+
+    async def close(self) -> None:
+        """At shutdown: what is pending goes to the log."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
+
+
+REFUSALS: web.AppKey[RefusalLog] = web.AppKey("companion_refusals", RefusalLog)
+
+
 def _spawn(app: web.Application, coro: Any) -> None:
     task = asyncio.ensure_future(coro)
     app[SAVES].add(task)
     task.add_done_callback(app[SAVES].discard)
 
 
-def setup(app: web.Application, verifier: CompanionVerifier, registry: CollectorRegistry) -> None:
-    """The board's companions on the API app: the verifier, its metrics, its pending saves."""
+def setup(app: web.Application, verifier: CompanionVerifier, audit: Any, registry: CollectorRegistry) -> None:
+    """The board's companions on the API app: the verifier, its metrics, its refusal log, its
+    pending saves (finished at shutdown)."""
     app[COMPANIONS] = verifier
     app[SAVES] = set()
+    app[REFUSALS] = RefusalLog(audit)
     registry.register(CompanionCollector(app[COMPANIONS]))  # type: ignore[arg-type]
+
+    async def finish(app: web.Application) -> None:
+        await app[REFUSALS].close()
+        if app[SAVES]:
+            await asyncio.gather(*app[SAVES], return_exceptions=True)
+
+    app.on_shutdown.append(finish)
 
 
 class CompanionCollector:

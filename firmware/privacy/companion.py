@@ -254,7 +254,9 @@ class CompanionVerifier:
         if comp is None:
             raise self.refuse("unknown_companion", f"companion {name!r} is not paired with this board "
                               "(privacy.optout.companions)", name)
-        if len(body) > MAX_BODY or not _SIG.match(sig.lower()) or not hmac.compare_digest(sig.lower(), sign(comp.key, body)):
+        if len(body) > MAX_BODY:
+            raise self.refuse("malformed", f"the body is over {MAX_BODY} bytes", name)
+        if not _SIG.match(sig.lower()) or not hmac.compare_digest(sig.lower(), sign(comp.key, body)):
             raise self.refuse("bad_signature", "the signature does not match the body (wrong key, or altered)", name)
         req = self._parse(body, name)
         seen = self._seen[name]

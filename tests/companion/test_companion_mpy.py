@@ -5,6 +5,7 @@ forged requests; what the boards did is read back from their API (status, audit 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -75,8 +76,14 @@ def test_a_board_that_is_down_is_retried_with_backoff_until_it_pauses(pico: Pico
         assert down["pending"] == ["optout"] and down["confirmed"] == 0
         # 100 ms doubling to 1 s (+-25 %) over 2.5 s: 4 to 8 tries, not a busy loop
         assert 3 <= down["failures"] <= 9, down
-        trace = pico.cmd("led_trace")
-        assert len(trace) >= 4, "the LED blinks while cam-b has not answered"
+        trace = pico.cmd("led_trace", since=pico.cmd("now") - 2000)
+        assert len(trace) >= 8, "the LED blinks while cam-b has not answered"
+        # the double blink: 120 ms on, 120 off, 120 on, 640 off (the LED loop ticks every 20 ms)
+        spans = [(lv, t1 - t0) for (t0, lv), (t1, _) in itertools.pairwise(trace)]
+        ons = [d for lv, d in spans if lv == 1]
+        offs = [d for lv, d in spans if lv == 0]
+        assert ons and all(60 <= d <= 260 for d in ons), spans
+        assert any(60 <= d <= 260 for d in offs) and any(500 <= d <= 900 for d in offs), spans
     finally:
         b.start()
     got = wait_confirmed(pico, [b.name], 10, after=mark)
@@ -112,6 +119,30 @@ def test_a_press_during_a_wifi_drop_is_sent_when_the_link_is_back(pico: Pico, bo
         entry = last_companion_entry(b, "optout")
         assert entry["press"] == got[b.name]["press"] and entry["age_ms"] >= 1500
         assert b.status()["privacy"]["paused_remaining_s"] <= PAUSE_S - 1.5
+
+
+def test_a_press_whose_pause_ran_out_offline_is_never_sent(lib: Path, boards: list[SimBoard], tmp_path: Path,
+                                                            flash: Path) -> None:
+    for b in boards:
+        b.measuring()
+    cfg = companion_config(tmp_path / "companion.json", "door-1", KEY, [(b.name, b.url, 2.0) for b in boards])
+    p = Pico(lib, cfg, flash)
+    try:
+        p.wait_state(lambda s: s["online"] and all(b["synced"] for b in s["boards"]), 10)
+        p.cmd("wifi_drop")
+        p.wait_state(lambda s: not s["online"], 2)
+        sent = len(p.requests())
+        p.cmd("press", hold_ms=80)
+        p.wait_state(lambda s: s["led"] == "unconfirmed", 1)
+        st = p.wait_state(lambda s: all(b["expired"] == 1 and not b["pending"] for b in s["boards"]), 4)
+        assert st["led"] == "offline", "the pause period passed: nothing left to confirm"
+        p.cmd("wifi_restore")
+        p.wait_state(lambda s: s["online"], 3)
+        time.sleep(0.5)
+        assert len(p.requests()) == sent, "a press past its pause period is not sent"
+        assert not any(b.paused() for b in boards)
+    finally:
+        p.close()
 
 
 def test_a_long_press_pauses_purges_then_resumes_like_the_boards_button(pico: Pico, boards: list[SimBoard]) -> None:
@@ -220,14 +251,19 @@ def test_replays_stale_timestamps_unknown_companions_and_forgeries_are_refused_a
     cases.append(("bad_signature", body.replace(b'"optout"', b'"resume"'), headers))  # altered after signing
     cases.append(("wrong_board", *_signed(a, KEY, ctr=hi + 14, to="cam-b")))
     refused_before = a.companion("door-1")["refusals"]
+    n_audit = len(a.audit())
     for reason, body, headers in cases:
         status, h, answer = a.call("POST", "/v1/optout", body, headers, token=False)
         data = json.loads(answer)
         assert status == 401 and data["refused"] == reason, (reason, status, data)
         assert abs(data["time"] - time.time()) < 5 and "Cuecam-Companion" in h["www-authenticate"]
-    logged = [e for e in a.audit() if e["event"] == "refused"][-len(cases):]
-    assert [e["reason"] for e in logged] == [c[0] for c in cases]
-    assert [e.get("companion") for e in logged] == ["door-1", "door-1", "door-1", "door-9", "door-1", "door-1", "door-1"]
+    time.sleep(1.3)  # refusals within a second are written together, one entry per reason and companion
+    logged = [e for e in a.audit()[n_audit:] if e["event"] == "refused"]
+    counted: dict[tuple[str, str | None], int] = {}
+    for e in logged:
+        counted[(e["reason"], e.get("companion"))] = counted.get((e["reason"], e.get("companion")), 0) + e.get("count", 1)
+    assert counted == {("replay", "door-1"): 1, ("stale", "door-1"): 2, ("unknown_companion", "door-9"): 1,
+                       ("bad_signature", "door-1"): 2, ("wrong_board", "door-1"): 1}, logged
     assert a.status()["privacy"]["optouts"] == optouts, "no refused request paused the board"
     assert a.companion("door-1")["refusals"] == refused_before + 6  # door-9 is not listed
     m = a.get("/metrics")
@@ -239,6 +275,21 @@ def test_replays_stale_timestamps_unknown_companions_and_forgeries_are_refused_a
     status, _, _ = a.call("GET", "/v1/status", None, {"Authorization": f"Bearer {KEY.hex()}"}, token=False)
     assert status == 401
     assert sent["companion"] == "door-1" and not a.paused()
+
+
+def test_a_flood_of_forged_requests_is_all_logged_in_few_writes(boards: list[SimBoard]) -> None:
+    """Every refusal is in the audit log, but 40 forged requests in a burst do not rewrite it 40 times."""
+    a = boards[1]
+    n_audit = len(a.audit())
+    for i in range(40):
+        body, headers = _signed(a, new_key(), ctr=10**9 + i)
+        status, _, _ = a.call("POST", "/v1/optout", body, headers, token=False)
+        assert status == 401
+    time.sleep(1.3)
+    logged = [e for e in a.audit()[n_audit:] if e["event"] == "refused"]
+    assert sum(e.get("count", 1) for e in logged) == 40
+    assert len(logged) <= 4, logged
+    assert {e["reason"] for e in logged} == {"bad_signature"}
 
 
 @pytest.mark.slow
