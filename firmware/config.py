@@ -25,6 +25,12 @@ BoardKind = Literal["sim", "rpi4", "rpi5", "rpi-zero2w", "rpi5-coral-usb", "rpi4
 Size = Annotated[list[Annotated[int, Field(ge=16, le=8192)]], Field(min_length=2, max_length=2)]
 
 
+def _unique(what: str, names: list[str]) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} names must be unique: {', '.join(dup)}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -274,10 +280,7 @@ class OptOutConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_companions(self) -> OptOutConfig:
-        names = [c.name for c in self.companions]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"companion names must be unique: {', '.join(dup)}")
+        _unique("companion", [c.name for c in self.companions])
         return self
 
 
@@ -383,10 +386,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _unique_zones(self) -> Config:
-        names = [z.name for z in self.zones]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"zone names must be unique: {', '.join(dup)}")
+        _unique("zone", [z.name for z in self.zones])
         return self
 
 
