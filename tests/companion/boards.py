@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +18,7 @@ from tests import device
 
 class SimBoard:
     def __init__(self, workdir: Path, name: str, companions: list[tuple[str, bytes]], *, pause_s: float = 60.0,
-                 long_press_s: float = 0.8) -> None:
+                 long_press_s: float = 0.8, tls: bool = False) -> None:
         self.name = name
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -31,16 +32,24 @@ class SimBoard:
             kf.write_text(key.hex() + "\n")
             kf.chmod(0o600)
             entries.append({"name": cname, "key_file": str(kf), "position": "the round button below this sign"})
+        api: dict[str, Any] = {"port": self.port}
+        if tls:
+            from host_tools.provision import tls_pair
+
+            cert, key, _ = tls_pair(name, ["127.0.0.1"])
+            (self.dir / "device.crt").write_bytes(cert)
+            (self.dir / "device.key").write_bytes(key)
+            api["tls"] = {"cert": str(self.dir / "device.crt"), "key": str(self.dir / "device.key")}
         self.config = device.write_config(self.dir, {
             "board": {"name": name},
-            "api": {"port": self.port},
+            "api": api,
             "inference": {"threads": 1},
             "signals": {"pose": "off"},
             "privacy": {"optout": {"pause_s": pause_s, "companions": entries,
                                    "button": {"pin": 17, "pull_up": True, "bounce_s": 0.05, "resume": "long_press",
                                               "long_press_s": long_press_s}}},
         })
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proc: Any = None
 
     def start(self) -> None:
@@ -60,7 +69,8 @@ class SimBoard:
             h["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=h)
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            ctx = ssl.create_default_context(cafile=str(self.dir / "device.crt")) if self.url.startswith("https") else None
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
                 return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
         except urllib.error.HTTPError as e:
             return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()

@@ -17,9 +17,7 @@ from cuecam_companion import core, fakes
 from cuecam_companion.http import SocketTransport
 
 
-def test_a_press_through_real_sockets_pauses_the_board(boards: list[SimBoard], tmp_path: Path) -> None:
-    board = boards[0]
-    board.measuring()
+def _press_through_sockets(board: SimBoard, tmp_path: Path) -> tuple[list[tuple[str, int]], dict]:
     confirmed: list[tuple[str, int]] = []
 
     async def run() -> dict:
@@ -46,8 +44,27 @@ def test_a_press_through_real_sockets_pauses_the_board(boards: list[SimBoard], t
         finally:
             comp.stop()
 
-    state = asyncio.run(run())
+    return confirmed, asyncio.run(run())
+
+
+def test_a_press_through_real_sockets_pauses_the_board(boards: list[SimBoard], tmp_path: Path) -> None:
+    board = boards[0]
+    board.measuring()
+    confirmed, state = _press_through_sockets(board, tmp_path)
     assert confirmed and confirmed[0][0] == board.name, state
     wait(board.paused, 2, "paused")
     assert board.companion("door-1")["last_action"] == "optout"
     assert state["led"] == "on"
+
+
+def test_a_board_serving_https_pauses_too(models_dir: Path, vtest: Path, tmp_path: Path) -> None:
+    """api.tls: the companion encrypts and authenticates the answer by its HMAC, not the certificate."""
+    board = SimBoard(tmp_path, "cam-tls", [("door-1", KEY)], pause_s=PAUSE_S, tls=True)
+    board.start()
+    try:
+        confirmed, state = _press_through_sockets(board, tmp_path)
+        assert confirmed and confirmed[0][0] == "cam-tls", state
+        assert state["boards"][0]["confirmed"] == 1
+        assert board.paused() and board.companion("door-1")["presses"] == 1
+    finally:
+        board.stop()
