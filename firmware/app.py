@@ -102,7 +102,7 @@ class Service:
         self.pipeline.closed = self.schedule.closed
         self.privacy = PrivacyController(cfg.privacy, pipeline=self.pipeline, vectors=self.vectors, audit=self.audit,
                                          clock=clock, wall_clock=wall_clock)
-        self.companions = CompanionVerifier.from_config(loaded, clock=wall_clock)  # AuthError: a key file
+        self.companions = CompanionVerifier.from_config(loaded, clock=wall_clock, audit=self.audit)  # AuthError: a key
         # lifecycle: serve() stops when stop_event is set and exits with exit_code
         self.stop_event = asyncio.Event()
         self.exit_code = 0

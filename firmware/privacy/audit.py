@@ -38,7 +38,7 @@ from ..fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("optout", "resume", "purge", "retention", "start", "stop", "refused")
+EVENTS = ("optout", "resume", "purge", "retention", "start", "stop", "refused", "paired", "unpaired")
 SOURCES = ("button", "api", "schedule", "system", "companion")
 # why the board refused a companion's request (event "refused", source "companion")
 REASONS = ("unknown_companion", "bad_signature", "malformed", "wrong_board", "replay", "stale", "expired",

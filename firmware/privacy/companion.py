@@ -175,23 +175,35 @@ class CompanionVerifier:
         self.save_errors = 0
         self._lock = threading.Lock()
         self._seen = {c.name: _Seen(c.key_id) for c in companions}
+        # what changed since the state file was written: ("paired" | "unpaired", name); a new key is
+        # unpaired then paired again. None: the file could not be read (nothing is claimed).
+        self.pairing: list[tuple[str, str]] | None = None
         self._load()
 
     @classmethod
-    def from_config(cls, loaded: Any, *, clock: Callable[[], float] = time.time) -> CompanionVerifier:
+    def from_config(cls, loaded: Any, *, clock: Callable[[], float] = time.time, audit: Any = None) -> CompanionVerifier:
         """The companions of a board config (``LoadedConfig``) with their keys; the state file
-        beside the audit log. AuthError when a key file is missing or malformed."""
+        beside the audit log. AuthError when a key file is missing or malformed. With ``audit``
+        (the AuditLog), a companion paired or unpaired since the last start is logged there
+        (event ``paired`` / ``unpaired``, source ``companion``) and the state file updated."""
         cfg = loaded.config
         oc = cfg.privacy.optout
         state = loaded.resolve(cfg.privacy.audit_log).parent / STATE_FILE
-        return cls(load_companions(oc.companions, loaded.resolve), cfg.board.name, oc.companion_window_s, state,
-                   pause_s=oc.pause_s, resume_allowed=oc.button.resume == "long_press", clock=clock)
+        v = cls(load_companions(oc.companions, loaded.resolve), cfg.board.name, oc.companion_window_s, state,
+                pause_s=oc.pause_s, resume_allowed=oc.button.resume == "long_press", clock=clock)
+        if audit is not None and v.pairing:
+            for event, name in v.pairing:
+                audit.append(event, "companion", companion=name)
+                log.info("companion %s %s", name, event)
+            v.save()
+        return v
 
     # -- state file -------------------------------------------------------------------------------
     def _load(self) -> None:
         try:
             raw = self.state_path.read_bytes()[: 64 * 1024]
         except FileNotFoundError:
+            self.pairing = [("paired", n) for n in self._seen]
             return
         except OSError as e:
             log.error("companions: cannot read %s: %s; replays are refused by timestamp only until a press is saved",
@@ -206,6 +218,10 @@ class CompanionVerifier:
             log.error("companions: %s is unreadable (%s); replays are refused by timestamp only until a press is saved",
                       self.state_path, e)
             return
+        known = {n: s.get("key_id") if isinstance(s, dict) else None for n, s in entries.items()
+                 if isinstance(n, str) and COMPANION_NAME.match(n)}
+        self.pairing = [("unpaired", n) for n, k in known.items() if n not in self._seen or self._seen[n].key_id != k]
+        self.pairing += [("paired", n) for n, s in self._seen.items() if known.get(n) != s.key_id]
         for name, s in entries.items():
             seen = self._seen.get(name)
             if seen is None or not isinstance(s, dict) or s.get("key_id") != seen.key_id:

@@ -325,3 +325,30 @@ def test_the_companion_code_runs_on_cpython_asyncio_too(tmp_path: Path) -> None:
         return seen
 
     assert asyncio.run(run())[:2] == ["offline", "off"]
+
+
+def test_pairing_changes_are_in_the_audit_log_once(tmp_path: Path) -> None:
+    """A companion added, re-keyed or removed between two starts is logged (paired / unpaired),
+    and a start with the same companions logs nothing."""
+    from firmware.config import LoadedConfig, load_config
+
+    def start(companions: dict[str, bytes]) -> tuple[CompanionVerifier, list[tuple[str, str]]]:
+        entries = []
+        for name, key in companions.items():
+            (tmp_path / f"{name}.key").write_text(key.hex() + "\n")
+            entries.append(f"      - {{name: {name}, key_file: {tmp_path / (name + '.key')}}}\n")
+        text = SIM_CONFIG.read_text().replace("    led: {pin: 27}\n", "    led: {pin: 27}\n    companions:\n"
+                                              + "".join(entries) if entries else "    led: {pin: 27}\n")
+        text = text.replace("audit_log: ../.cuecam/audit.jsonl", f"audit_log: {tmp_path / 'audit.jsonl'}")
+        (tmp_path / "board.yaml").write_text(text)
+        loaded: LoadedConfig = load_config(tmp_path / "board.yaml")
+        audit = AuditLog(tmp_path / "audit.jsonl", 65536)
+        before = len(audit)
+        v = CompanionVerifier.from_config(loaded, audit=audit)
+        return v, [(e["event"], e["companion"]) for e in audit.read(100)[before:]]
+
+    assert start({"door-1": KEY, "door-2": bytes(32)})[1] == [("paired", "door-1"), ("paired", "door-2")]
+    assert start({"door-1": KEY, "door-2": bytes(32)})[1] == []
+    v, logged = start({"door-1": bytes(31) + b"\x07"})
+    assert logged == [("unpaired", "door-1"), ("unpaired", "door-2"), ("paired", "door-1")]
+    assert start({"door-1": bytes(31) + b"\x07"})[1] == [] and v.counter("door-1") == 0
