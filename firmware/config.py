@@ -66,18 +66,35 @@ class SyntheticCameraConfig(_Strict):
     scene: str | None = Field(default=None, min_length=1, max_length=4096)
 
 
+VC4_BOARDS = frozenset({"rpi4", "rpi-zero2w", "rpi4-coral-usb"})  # the VC4 ISP: lores only in YUV420
+
+
 class PicameraConfig(_Strict):
-    """A Raspberry Pi camera through picamera2: a main stream and a lores stream for inference."""
+    """A Raspberry Pi camera through picamera2: inference reads the lores stream (firmware/camera/picam.py)."""
 
     type: Literal["picamera2"]
     camera_num: int = Field(default=0, ge=0, le=7)
-    resolution: Size = [1280, 720]
+    # The sensor mode (its output size) the ISP scales down to lores: it decides the field of
+    # view. None: the mode with the widest field of view that runs at the frame rate.
+    sensor_size: Size | None = None
     lores: Size = [320, 240]
-    lores_format: Literal["YUV420", "RGB888"] = "YUV420"
+    # picamera2's names (DRM fourcc order): BGR888 is R, G, B in memory (no conversion at all),
+    # RGB888 is B, G, R (flipped), YUV420 is I420 (converted; the only lores format on VC4).
+    lores_format: Literal["YUV420", "BGR888", "RGB888"] = "YUV420"
     framerate: float = Field(default=10.0, gt=0, le=120)
     hflip: bool = False
     vflip: bool = False
     buffer_count: int = Field(default=4, ge=2, le=8)
+    # capture_request(wait=...): a wedged sensor is a camera fault after this long, no thread left blocked
+    capture_timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_resolution(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "resolution" in data:
+            raise ValueError("camera.resolution is gone: no full-size main stream is allocated any more; "
+                             "choose the field of view with camera.sensor_size (a sensor mode) or leave it out")
+        return data
 
     @field_validator("lores")
     @classmethod
@@ -515,9 +532,24 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate config text; raise ConfigError listing every problem with its line."""
     if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{source}: config is larger than {MAX_CONFIG_BYTES} bytes")
-    cfg, _ = parse_strict_yaml(text, source, Config, what="config", empty_hint="start from board_configs/sim.yaml",
-                               keys_hint="see board_configs/sim.yaml for every key")
+    cfg, lines = parse_strict_yaml(text, source, Config, what="config",
+                                   empty_hint="start from board_configs/sim.yaml",
+                                   keys_hint="see board_configs/sim.yaml for every key")
+    problems = board_problems(cfg)
+    if problems:
+        out = [f"{source}:{_line_for(path, lines)}: {'.'.join(map(str, path))}: {msg}" for path, msg in problems]
+        raise ConfigError("\n".join(out), problems=out)
     return cfg
+
+
+def board_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
+    """What the board's hardware cannot do of this config: (key path, message) pairs."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    cam = cfg.camera
+    if isinstance(cam, PicameraConfig) and cfg.board.kind in VC4_BOARDS and cam.lores_format != "YUV420":
+        out.append((("camera", "lores_format"),
+                    f"a {cfg.board.kind} board (VC4 ISP) gives the lores stream only as YUV420, not {cam.lores_format}"))
+    return out
 
 
 def load_config(path: str | Path) -> LoadedConfig:

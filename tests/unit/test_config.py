@@ -126,10 +126,10 @@ _PICAM = (
     "  kind: rpi4\n"
     "camera:\n"
     "  type: picamera2\n"
-    "  resolution: [1280, 720]\n"
     "  lores: [300, 240]\n"
     "  framerate: 10\n"
 )
+_VC4 = _PICAM.replace("[300, 240]", "[320, 240]") + "  lores_format: BGR888\n"
 
 CORPUS: dict[str, Case] = {
     "unknown-top-level-key": (edit("version: 1\n", "version: 1\ncolour: red\n"), "colour: red", "colour", "unknown key"),
@@ -204,6 +204,11 @@ CORPUS: dict[str, Case] = {
     "version-2": (edit("version: 1", "version: 2"), "version: 2", "version", "Input should be 1"),
     "lores-width-not-multiple-of-64": (_PICAM, "lores: [300, 240]", "camera.lores", "multiple of 64"),
     "lores-height-odd": (_PICAM.replace("[300, 240]", "[320, 241]"), "lores: [320, 241]", "camera.lores", "even"),
+    "vc4-lores-not-yuv": (_VC4, "lores_format: BGR888", "camera.lores_format", "only as YUV420"),
+    "zero2w-lores-rgb": (_VC4.replace("kind: rpi4", "kind: rpi-zero2w").replace("BGR888", "RGB888"),
+                         "lores_format: RGB888", "camera.lores_format", "only as YUV420"),
+    "picamera-resolution-gone": (_VC4.replace("  lores:", "  resolution: [1280, 720]\n  lores:"), "camera:", "camera",
+                                 "sensor_size"),
 }
 
 
@@ -405,6 +410,17 @@ def test_cli_several_files_one_broken(tmp_path: Path) -> None:
     assert expected in r.stderr, r.stderr
     # The valid ones are still checked and reported, in order.
     assert [line.split(":")[0] for line in r.stdout.splitlines()] == [str(g) for g in good]
+
+
+def test_cli_rejects_a_vc4_board_with_an_rgb_lores_stream(tmp_path: Path) -> None:
+    """A Pi 4 or Zero 2 W gives lores only as YUV420: said at --validate-config, not met as an
+    endless degraded camera retry on the board."""
+    path = write(tmp_path, _VC4, "pi4.yaml")
+    r = run_validate(path)
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert f"{path}:{line_of(_VC4, 'lores_format: BGR888')}: camera.lores_format: a rpi4 board" in r.stderr, r.stderr
+    ok = write(tmp_path, _VC4.replace("kind: rpi4", "kind: rpi5"), "pi5.yaml")  # the Pi 5's ISP can
+    assert run_validate(ok).returncode == 0
 
 
 def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
