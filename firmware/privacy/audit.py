@@ -12,17 +12,24 @@ why a request was refused, from :data:`REASONS`. Anything else is refused with `
 and lines of an existing file that do not pass the same checks are skipped, so nothing but
 allow-listed fields is ever served by ``GET /v1/audit``.
 
-The file is small (capped at ``privacy.audit_max_bytes``; the oldest lines go first) and is
-rewritten whole on every append through ``fsutil.atomic_write_bytes``, so a power cut leaves the
-old log or the new one. A disk error never propagates: it is logged, counted in
-``write_errors``, and the entry stays in memory (the log is held in RAM anyway, bounded by the
-same byte cap) until a later append manages to write the file.
+Each entry is appended to the file and fsynced (an SD card sees one small write per event, never
+the whole log again). The log is capped at ``privacy.audit_max_bytes`` in two segments of half
+that each: when the current one (``audit.jsonl``) would grow past its half, it is renamed over
+the previous one (``audit.jsonl.1``) with ``os.replace`` (atomic: a power cut leaves one or the
+other) and a new segment begins, so the oldest half goes first. A power cut mid-append leaves a
+torn last line: it is skipped on read, and the next append starts on a new line. A disk error
+never propagates: it is logged, counted in ``write_errors``, and the entries stay in memory (the
+log is held in RAM anyway, bounded by the same byte cap) until a later append writes them.
+
+Readers (``GET /v1/audit``) take only the lock that guards the in-memory entries, which no writer
+holds across a write or an fsync: the disk has a lock of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -34,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from ..fsutil import atomic_write_bytes
+from ..fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -119,64 +126,103 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return obj
 
 
+def _append_bytes(path: Path, data: bytes) -> int:
+    """Append ``data`` to ``path`` (created 0600) and fsync it; returns the file's new size."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _read_tail(path: Path, max_bytes: int) -> tuple[bytes, bool]:
+    """The last ``max_bytes`` of a file (b"" when missing) and whether it was cut at the start."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            start = max(0, size - max_bytes)
+            f.seek(start)
+            return f.read(), start > 0
+    except FileNotFoundError:
+        return b"", False
+
+
 class AuditLog:
-    """A capped JSON-lines log, rewritten atomically on each append; held in RAM as well."""
+    """A capped JSON-lines log, appended and fsynced per entry, rotated by size; held in RAM as well."""
 
     def __init__(self, path: Path, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        self.previous = path.with_name(path.name + ".1")  # the older segment, after a rotation
         self.max_bytes = max_bytes
+        self.segment_bytes = max(max_bytes // 2, 1)
         self.clock = clock
         self.write_errors = 0
-        self.skipped_lines = 0  # lines of the existing file that were torn, corrupt or not allow-listed
-        self.unsaved = 0  # entries appended since the last successful write
+        self.skipped_lines = 0  # lines of the existing files that were torn, corrupt or not allow-listed
+        self.rotations = 0
         self._lines: deque[bytes] = deque()  # encoded entries, "\n" included, oldest first
         self._entries: deque[dict[str, Any]] = deque()  # the same, decoded, for read()
         self._size = 0
+        self._pending: deque[bytes] = deque()  # appended in RAM, not yet on disk (oldest first)
+        self._pending_size = 0
         self._loaded = False
-        self._lock = threading.Lock()  # gpiozero calls back from its own thread
+        self._segment_size = 0  # bytes in the current segment on disk
+        self._torn = False  # the current segment ends inside a line: the next write starts a new one
+        self._lock = threading.Lock()  # the in-memory entries: held briefly, never across I/O
+        self._disk = threading.Lock()  # the files: one writer at a time (gpiozero calls back from its thread)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
             log.error("audit log: cannot create %s: %s; entries are kept in memory", path.parent, e)
-        self._load()
+        with self._disk:
+            self._load()
+
+    @property
+    def unsaved(self) -> int:
+        """Entries appended that are not on disk yet."""
+        return len(self._pending)
 
     # -- loading ------------------------------------------------------------------------------
     def _load(self) -> None:
-        """Read the existing file (its last max_bytes), tolerating a torn or corrupt tail."""
+        """Read the existing segments (their newest max_bytes), tolerating a torn or corrupt tail."""
         try:
-            with open(self.path, "rb") as f:
-                size = f.seek(0, 2)
-                start = max(0, size - self.max_bytes)
-                f.seek(start)
-                data = f.read()
-        except FileNotFoundError:
-            data, start = b"", 0
+            current, cut = _read_tail(self.path, self.max_bytes)
+            older, older_cut = (b"", False) if cut else _read_tail(self.previous, self.max_bytes - len(current))
+            self._segment_size = self.path.stat().st_size if current or self.path.exists() else 0
         except OSError as e:
-            # Not loaded: appends will not overwrite a file that could not be read.
+            # Not loaded: appends will not write over files that could not be read.
             log.error("audit log: cannot read %s: %s; new entries are kept in memory", self.path, e)
             return
-        lines = data.split(b"\n")
-        if start > 0:
-            lines = lines[1:]  # the first line was cut by the seek: dropped as old, not corrupt
         kept: list[tuple[bytes, dict[str, Any]]] = []
-        for raw in lines:
-            if not raw.strip():
-                continue
-            entry = _parse(raw)
-            if entry is None:
-                self.skipped_lines += 1
-                continue
-            kept.append((orjson.dumps(entry) + b"\n", entry))
-        if self.skipped_lines:
-            log.warning("audit log %s: skipped %d unreadable line(s)", self.path, self.skipped_lines)
-        # Entries appended while the file could not be read go after the ones on disk.
-        pending = list(zip(self._lines, self._entries, strict=True))
-        self._lines.clear()
-        self._entries.clear()
-        self._size = 0
-        for line, entry in kept + pending:
-            self._push(line, entry)
-        self._loaded = True
+        skipped = 0
+        for data, was_cut in ((older, older_cut), (current, cut)):
+            lines = data.split(b"\n")
+            if was_cut:
+                lines = lines[1:]  # the first line was cut by the seek: dropped as old, not corrupt
+            for raw in lines:
+                if not raw.strip():
+                    continue
+                entry = _parse(raw)
+                if entry is None:
+                    skipped += 1
+                    continue
+                kept.append((orjson.dumps(entry) + b"\n", entry))
+        self.skipped_lines = skipped
+        if skipped:
+            log.warning("audit log %s: skipped %d unreadable line(s)", self.path, skipped)
+        self._torn = bool(current) and not current.endswith(b"\n")
+        with self._lock:
+            # Entries appended while the files could not be read go after the ones on disk.
+            pending = list(zip(self._lines, self._entries, strict=True))
+            self._lines.clear()
+            self._entries.clear()
+            self._size = 0
+            for line, entry in kept + pending:
+                self._push(line, entry)
+            self._loaded = True
 
     def _push(self, line: bytes, entry: dict[str, Any]) -> None:
         self._lines.append(line)
@@ -194,32 +240,53 @@ class AuditLog:
         t = round(self.clock(), 3)
         iso = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         entry: dict[str, Any] = {"t": t, "iso": iso, "event": event, "source": source, **counts}
+        line = orjson.dumps(entry) + b"\n"
         with self._lock:
+            self._push(line, entry)
+            self._pending.append(line)
+            self._pending_size += len(line)
+            while self._pending_size > self.max_bytes:  # bounded like the RAM log
+                self._pending_size -= len(self._pending.popleft())
+        with self._disk:
             if not self._loaded:
                 self._load()
-            self._push(orjson.dumps(entry) + b"\n", entry)
-            self.unsaved += 1
             self._flush()
         return entry
 
     def _flush(self) -> None:
+        """Write the pending lines (called with the disk lock held, never the entries' lock)."""
+        with self._lock:
+            lines = list(self._pending)
+        if not lines:
+            return
         if not self._loaded:
             self.write_errors += 1
             return
+        data = b"".join(lines)
         try:
-            atomic_write_bytes(self.path, b"".join(self._lines), mode=0o600)
+            if self._segment_size and self._segment_size + len(data) > self.segment_bytes:
+                os.replace(self.path, self.previous)  # the oldest half goes; atomic
+                fsync_dir(self.path.parent)
+                self._segment_size, self._torn = 0, False
+                self.rotations += 1
+            self._segment_size = _append_bytes(self.path, (b"\n" if self._torn else b"") + data)
+            self._torn = False
         except OSError as e:
             self.write_errors += 1
-            if self.write_errors == 1 or self.unsaved == 1:
+            if self.write_errors == 1 or len(lines) == 1:
                 log.error("audit log: cannot write %s: %s; %d entr%s kept in memory only", self.path, e,
-                          self.unsaved, "y" if self.unsaved == 1 else "ies")
+                          len(lines), "y" if len(lines) == 1 else "ies")
             return
-        if self.unsaved > 1:
-            log.info("audit log: %s writable again; %d entries saved", self.path, self.unsaved)
-        self.unsaved = 0
+        if len(lines) > 1:
+            log.info("audit log: %s writable again; %d entries saved", self.path, len(lines))
+        with self._lock:
+            for _ in lines:
+                if self._pending:
+                    self._pending_size -= len(self._pending.popleft())
 
     def read(self, limit: int, since_t: float | None = None) -> list[dict[str, Any]]:
-        """The newest ``limit`` entries after ``since_t`` (epoch seconds), oldest first."""
+        """The newest ``limit`` entries after ``since_t`` (epoch seconds), oldest first. Takes
+        only the in-memory entries' lock, which no writer holds across disk I/O."""
         if limit <= 0:
             return []
         with self._lock:

@@ -1,4 +1,5 @@
-"""The opt-out audit log: capped JSON lines, atomic rewrites, an allow-list, and no raising on disk errors."""
+"""The opt-out audit log: capped JSON lines appended and fsynced, rotated by size atomically, an allow-list,
+no raising on disk errors, and readers never behind a writer's fsync."""
 
 from __future__ import annotations
 
@@ -27,7 +28,16 @@ class Clock:
 
 
 def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    """The entries on disk, both segments (the older one, audit.jsonl.1, first)."""
+    out = []
+    for p in (path.with_name(path.name + ".1"), path):
+        if p.exists():
+            out += [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()]
+    return out
+
+
+def on_disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path.with_name(path.name + ".1"), path) if p.exists())
 
 
 def leftovers(d: Path) -> list[str]:
@@ -63,17 +73,19 @@ def test_cap_drops_the_oldest_lines(tmp_path: Path) -> None:
     log = AuditLog(path, 1000, clock=Clock())
     for i in range(50):
         log.append("optout", "button", vectors=i)
-        assert path.stat().st_size <= 1000
+        assert on_disk_bytes(path) <= 1000 and path.stat().st_size <= 500  # two segments of half the cap
+    assert log.rotations > 0
     kept = lines(path)
     assert 5 < len(kept) < 50
     assert [e["vectors"] for e in kept] == list(range(50 - len(kept), 50))  # a contiguous newest tail
-    assert log.read(1000) == kept
+    assert log.read(1000)[-len(kept):] == kept  # RAM holds up to the cap, the disk at least half of it
+    assert AuditLog(path, 1000).read(1000) == kept
     # A file larger than the cap (e.g. the cap was lowered) is read from its tail only.
     smaller = AuditLog(path, 300)
     assert smaller.read(1000)
     assert smaller.read(1000) == kept[-len(smaller.read(1000)):] and smaller.skipped_lines == 0
     smaller.append("resume", "button")
-    assert path.stat().st_size <= 300 and lines(path)[-1]["event"] == "resume"
+    assert path.stat().st_size <= 150 and lines(path)[-1]["event"] == "resume"
 
 
 def test_writes_are_atomic_and_a_torn_file_is_tolerated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -97,8 +109,13 @@ def test_writes_are_atomic_and_a_torn_file_is_tolerated(tmp_path: Path, caplog: 
     for _ in range(3):
         log.append("purge", "api", vectors=1)
     assert leftovers(tmp_path) == []
-    on_disk = lines(path)  # every line parses: the torn and corrupt lines are gone
-    assert on_disk[:2] == good and [e["event"] for e in on_disk[2:]] == ["purge"] * 3
+    # appended after what was there: the torn line stays torn (and skipped), the new entries start on
+    # a line of their own, so none of them is lost to it
+    raw = path.read_text(encoding="utf-8")
+    assert raw.startswith(text) and raw.endswith("\n")
+    again = AuditLog(path, 64 * 1024)
+    assert again.read(100)[:2] == good and [e["event"] for e in again.read(100)[2:]] == ["purge"] * 3
+    assert again.skipped_lines == len(bad) + 1
     assert sorted(os.listdir(tmp_path)) == ["audit.jsonl"]
 
 
@@ -158,15 +175,15 @@ def test_a_failed_write_is_retried_with_the_next_append(tmp_path: Path, monkeypa
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, 64 * 1024, clock=Clock())
     log.append("optout", "button", vectors=1)
-    real = audit_mod.atomic_write_bytes
+    real = audit_mod._append_bytes
 
     def disk_full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(audit_mod, "atomic_write_bytes", disk_full)
+    monkeypatch.setattr(audit_mod, "_append_bytes", disk_full)
     log.append("resume", "button")
-    assert log.write_errors == 1 and [e["event"] for e in lines(path)] == ["optout"]
-    monkeypatch.setattr(audit_mod, "atomic_write_bytes", real)
+    assert log.write_errors == 1 and log.unsaved == 1 and [e["event"] for e in lines(path)] == ["optout"]
+    monkeypatch.setattr(audit_mod, "_append_bytes", real)
     log.append("purge", "api", vectors=0)
     assert [e["event"] for e in lines(path)] == ["optout", "resume", "purge"]
     assert log.write_errors == 1 and log.unsaved == 0
@@ -178,3 +195,70 @@ def test_an_unreadable_existing_log_is_not_overwritten(tmp_path: Path) -> None:
     log = AuditLog(path, 4096)
     log.append("optout", "button")
     assert log.write_errors == 1 and path.is_dir() and log.read(5)[0]["event"] == "optout"
+
+
+def test_an_append_writes_one_line_and_no_rewrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One event is one small write and one fsync on the SD card: the file is appended to in place
+    (same inode, grown by exactly the new line), never copied or replaced until it rotates."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, 256 * 1024, clock=Clock())
+    for i in range(200):
+        log.append("optout", "button", vectors=i, tracks=3, frames=1, pause_s=600)
+    ino, size = path.stat().st_ino, path.stat().st_size
+    writes: list[int] = []
+    replaced: list[object] = []
+    real_write = os.write
+    monkeypatch.setattr(audit_mod.os, "write", lambda fd, data: writes.append(len(data)) or real_write(fd, data))
+    monkeypatch.setattr(audit_mod.os, "replace", lambda *a: replaced.append(a))
+    entry = log.append("resume", "button")
+    line = len(json.dumps(entry, separators=(",", ":"))) + 1
+    assert path.stat().st_ino == ino and path.stat().st_size == size + line
+    assert writes == [line] and replaced == []
+
+
+def test_rotation_keeps_a_contiguous_newest_tail_across_restarts(tmp_path: Path) -> None:
+    for cap in (400, 1000, 4096):
+        path = tmp_path / f"cap{cap}" / "audit.jsonl"
+        log = AuditLog(path, cap, clock=Clock())
+        for i in range(300):
+            log.append("purge", "api", vectors=i)
+            if i % 37 == 0:  # a restart now and then
+                log = AuditLog(path, cap, clock=Clock(log.read(1)[0]["t"]))
+            assert on_disk_bytes(path) <= cap
+        kept = lines(path)
+        assert [e["vectors"] for e in kept] == list(range(300 - len(kept), 300))
+        assert len(kept) * 60 > cap // 3  # most of the cap is used
+        assert AuditLog(path, cap).read(10_000) == kept[-len(AuditLog(path, cap).read(10_000)):]
+        assert sorted(os.listdir(path.parent)) == ["audit.jsonl", "audit.jsonl.1"]
+
+
+def test_reading_never_waits_for_a_writers_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /v1/audit runs on the event loop: while an append waits on a slow fsync (an SD card),
+    read() must still answer at once, with the new entry already in it."""
+    import threading
+    import time
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, 64 * 1024, clock=Clock())
+    log.append("optout", "button", vectors=1)
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        in_fsync.set()
+        release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    writer = threading.Thread(target=log.append, args=("resume", "button"))
+    writer.start()
+    try:
+        assert in_fsync.wait(5)
+        t0 = time.monotonic()
+        got = log.read(10)
+        assert time.monotonic() - t0 < 0.1
+        assert [e["event"] for e in got] == ["optout", "resume"]
+    finally:
+        release.set()
+        writer.join(10)
+    assert [e["event"] for e in lines(path)] == ["optout", "resume"]
