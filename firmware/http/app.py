@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from .. import __version__
 from ..privacy.audit import AUDIT_SCHEMA
@@ -312,12 +312,11 @@ class _ServiceCollector:
             c = CounterMetricFamily(name, doc)
             c.add_metric([], value)
             yield c
-        p50, p99 = st.infer_percentiles()
-        g = GaugeMetricFamily("cuecam_inference_ms", "Inference time per frame (recent).", labels=["quantile"])
-        if p50 is not None and p99 is not None:
-            g.add_metric(["0.5"], p50)
-            g.add_metric(["0.99"], p99)
-        yield g
+        h = st.infer_seconds
+        hist = HistogramMetricFamily("cuecam_inference_seconds", "Detector time per analysed frame (resize, invoke, "
+                                     "decoding).")
+        hist.add_metric([], h.cumulative(), h.sum)
+        yield hist
         gauges: tuple[tuple[str, str, float], ...] = (
             ("cuecam_fps", "Frames processed per second over the last 10 s.", st.fps(svc.now())),
             ("cuecam_buffer_records", "Sentiment vectors held in the ring buffer.", len(svc.vectors)),

@@ -22,6 +22,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from firmware.histogram import Histogram
+
 from .config import PollingSection
 from .store import Rec, Store, rec_from_json
 
@@ -80,8 +82,7 @@ class DevicePoller:
         self.state = DeviceState(name, self.base)
         self.started = monotonic()
         # cumulative poll round-trip histogram (LATENCY_BUCKETS, then +Inf) and sum, for /metrics
-        self.hist = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.hist_sum = 0.0
+        self.latency = Histogram(LATENCY_BUCKETS)
         self._next_status = 0.0  # monotonic: when /v1/status is read next
 
     async def _page(self, since: int) -> dict[str, Any]:
@@ -100,10 +101,7 @@ class DevicePoller:
                 raise DeviceProtocolError(f"HTTP {resp.status}: {body[:200].decode('utf-8', 'replace')}")
         dt = self.mono() - t0
         self.state.latency_ms.append(dt * 1000)
-        for i, b in enumerate(LATENCY_BUCKETS):
-            self.hist[i] += dt <= b
-        self.hist[-1] += 1
-        self.hist_sum += dt
+        self.latency.observe(dt)
         try:
             page = orjson.loads(body)
         except orjson.JSONDecodeError as e:

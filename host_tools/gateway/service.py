@@ -32,7 +32,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .client import LATENCY_BUCKETS, DevicePoller
+from .client import DevicePoller
 from .config import LoadedGatewayConfig
 from .outputs import LogSink, MqttSink, Output, WebhookSink
 from .rules import Decision, DecisionEngine
@@ -263,8 +263,7 @@ class _Collector:
             errs.add_metric([p.name], p.state.errors)
             restarts.add_metric([p.name], max(0, c.boots - 1))
             forgot.add_metric([p.name], c.forgotten)
-            hist.add_metric([p.name], [(str(b), float(n)) for b, n in zip(LATENCY_BUCKETS, p.hist, strict=False)]
-                            + [("+Inf", float(p.hist[-1]))], p.hist_sum)
+            hist.add_metric([p.name], p.latency.cumulative(), p.latency.sum)
         yield from (up, vec, lost, errs, restarts, forgot, hist)
         presses = CounterMetricFamily("cuecam_gateway_companion_presses", "Presses each board accepted from each "
                                       "opt-out companion (read from its /v1/status)", labels=["device", "companion"])

@@ -178,4 +178,4 @@ async def test_metrics_are_prometheus_text(client):
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
     fams = {f.name: f for f in text_string_to_metric_families(await r.text())}
     assert fams["cuecam_frames_processed"].samples[0].value >= 3
-    assert {"cuecam_frames_dropped", "cuecam_inference_ms", "cuecam_fps", "cuecam_buffer_capacity"} <= set(fams)
+    assert {"cuecam_frames_dropped", "cuecam_inference_seconds", "cuecam_fps", "cuecam_buffer_capacity"} <= set(fams)
