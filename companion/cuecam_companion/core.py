@@ -426,11 +426,14 @@ class Companion:
             data = {}
         if not isinstance(data, dict):
             data = {}
+        # Only an answer signed back with this companion's key over this request's counter is the
+        # board's: its time, counter and "paused" are believed; anything else is noise on the network.
+        signed = self.confirmed_by_board(rh, rbody, ctr)
         t = data.get("time")
-        if isinstance(t, (int, float)) and not isinstance(t, bool):
+        if signed and isinstance(t, (int, float)) and not isinstance(t, bool):
             b.sync = (t, ticks_add(now, ticks_diff(done, now) // 2))
         if status == 200:
-            if not self.confirmed_by_board(rh, rbody, ctr):
+            if not signed:
                 b.failures += 1
                 b.last_error = "answer not signed with this companion's key"
                 return "retry"
@@ -451,12 +454,12 @@ class Companion:
         b.failures += 1
         reason = data.get("refused")
         b.last_error = "HTTP %d %s" % (status, reason or "")
-        if status == 401 and reason in ("stale", "replay"):
+        if status == 401 and signed and reason in ("stale", "replay"):
             if reason == "replay" and isinstance(data.get("counter"), int):
                 self.counter.skip_past(data["counter"])
             a.resyncs += 1
             return "again" if a.resyncs <= 2 else "retry"
-        if status == 401 and reason in ("expired", "resume_not_allowed"):
+        if status == 401 and signed and reason in ("expired", "resume_not_allowed"):
             return "drop"
         if status == 401:
             b.refused = reason or "refused"

@@ -52,8 +52,13 @@ async def handle(request: web.Request, svc: Device) -> web.Response:
                                "refused": e.reason, "time": round(svc.wall(), 3)}
         if e.reason == "replay" and e.companion in v.companions:
             out["counter"] = v.counter(e.companion)
-        return web.Response(body=orjson.dumps(out), status=401, content_type="application/json",
-                            headers={"WWW-Authenticate": 'Cuecam-Companion realm="cuecam"'})
+        data = orjson.dumps(out)
+        headers = {"WWW-Authenticate": 'Cuecam-Companion realm="cuecam"'}
+        if e.ctr is not None and e.companion in v.companions:
+            # the request was authentic: its refusal is signed back, so the companion may trust the
+            # time and counter in it (an unsigned one, from anyone on the network, it ignores)
+            headers["Cuecam-Confirm"] = confirm(v.companions[e.companion].key, e.ctr, data)
+        return web.Response(body=data, status=401, content_type="application/json", headers=headers)
     labels = {"companion": req.companion, "press": req.press, "ctr": req.ctr, "age_ms": round(req.age_s * 1000)}
     if req.action == "optout":
         result = await svc.privacy.optout("companion", pause_s=svc.config.privacy.optout.pause_s - req.age_s,

@@ -71,11 +71,12 @@ _FIELDS = {"v", "companion", "board", "action", "ts", "ctr", "press", "age_ms"}
 class Refused(Exception):
     """A companion request the board will not act on; ``reason`` is one of audit.REASONS."""
 
-    def __init__(self, reason: str, message: str, companion: str | None = None) -> None:
+    def __init__(self, reason: str, message: str, companion: str | None = None, ctr: int | None = None) -> None:
         assert reason in REASONS, reason
         super().__init__(message)
         self.reason = reason
         self.companion = companion
+        self.ctr = ctr  # the counter of a request whose signature was right (its refusal is signed back)
 
 
 @dataclass(frozen=True)
@@ -252,13 +253,13 @@ class CompanionVerifier:
                 log.error("companions: cannot write %s: %s; the counters are kept in memory", self.state_path, e)
 
     # -- checking a request -----------------------------------------------------------------------
-    def refuse(self, reason: str, message: str, companion: str | None = None) -> Refused:
+    def refuse(self, reason: str, message: str, companion: str | None = None, ctr: int | None = None) -> Refused:
         self.refusals[reason] += 1
         seen = self._seen.get(companion or "")
         if seen is not None:
             seen.refusals += 1
             seen.last_refusal, seen.last_refusal_t = reason, round(self.clock(), 3)
-        return Refused(reason, message, companion)
+        return Refused(reason, message, companion, ctr)
 
     def verify(self, header: str, body: bytes) -> Accepted:
         """The request's authorization header and body, checked; raises Refused (counted)."""
@@ -277,19 +278,20 @@ class CompanionVerifier:
         req = self._parse(body, name)
         seen = self._seen[name]
         if req.ctr <= seen.ctr:
-            raise self.refuse("replay", f"counter {req.ctr} was already used (this board has seen {seen.ctr})", name)
+            raise self.refuse("replay", f"counter {req.ctr} was already used (this board has seen {seen.ctr})", name,
+                              req.ctr)
         now = self.clock()
         if abs(req.ts - now) > self.window_s:
             raise self.refuse("stale", f"timestamp {req.ts} is {req.ts - now:+.0f} s from the board's clock "
-                              f"(window {self.window_s:g} s); use the board's time from this answer", name)
+                              f"(window {self.window_s:g} s); use the board's time from this answer", name, req.ctr)
         # A fresh counter is used up now, whatever follows: it can never be replayed.
         seen.ctr = req.ctr
         if req.age_s >= self.pause_s:
             raise self.refuse("expired", f"pressed {req.age_s:.0f} s ago, longer than the pause ({self.pause_s:g} s)",
-                              name)
+                              name, req.ctr)
         if req.action == "resume" and not self.resume_allowed:
             raise self.refuse("resume_not_allowed", "a long press does not resume on this board "
-                              "(privacy.optout.button.resume is not long_press)", name)
+                              "(privacy.optout.button.resume is not long_press)", name, req.ctr)
         return req
 
     def _parse(self, body: bytes, name: str) -> Accepted:

@@ -352,3 +352,37 @@ def test_pairing_changes_are_in_the_audit_log_once(tmp_path: Path) -> None:
     v, logged = start({"door-1": bytes(31) + b"\x07"})
     assert logged == [("unpaired", "door-1"), ("unpaired", "door-2"), ("paired", "door-1")]
     assert start({"door-1": bytes(31) + b"\x07"})[1] == [] and v.counter("door-1") == 0
+
+
+def test_the_companion_believes_only_answers_signed_with_its_key(tmp_path: Path) -> None:
+    """Someone on the network answering in the board's place: an unsigned "replay" with a huge
+    counter or a "stale" with a far-off time changes nothing; the same answers signed by the board
+    (with the key, over the request's counter) are followed."""
+    answers: list[tuple[int, dict, bytes]] = []
+
+    class Air:  # what comes back over the network for the next request
+        async def request(self, board, method, path, headers, body, timeout_ms):
+            ctr = json.loads(body)["ctr"]
+            status, data, signed = answers.pop(0)
+            raw = json.dumps(data).encode()
+            return status, ({"cuecam-confirm": confirm(KEY, ctr, raw)} if signed else {}), raw
+
+    comp = core.Companion(core.check_config(companion_cfg()), button_pin=None, led=None, radio=None, transport=Air(),
+                          state_dir=str(tmp_path), log=lambda m: None)
+    b = comp.boards[0]
+    b.sync = (1_750_000_000.0, core.ticks_ms())
+    comp.press()
+
+    async def attempt() -> str:
+        return await comp._attempt(b, b.queue[0])
+
+    answers.append((401, {"refused": "replay", "counter": 2**52, "time": 1.0}, False))
+    assert asyncio.run(attempt()) == "retry"
+    assert comp.counter.value < 100 and b.sync[0] == 1_750_000_000.0
+    answers.append((200, {"paused": True, "remaining_s": 600}, False))
+    assert asyncio.run(attempt()) == "retry" and not b.paused(core.ticks_ms()), "an unsigned 'paused' lights nothing"
+    answers.append((401, {"refused": "replay", "counter": 5000, "time": 1_750_000_100.0}, True))
+    assert asyncio.run(attempt()) == "again"
+    assert comp.counter.value > 5000 and b.sync[0] == 1_750_000_100.0
+    answers.append((200, {"paused": True, "remaining_s": 600, "time": 1_750_000_101.0}, True))
+    assert asyncio.run(attempt()) == "done" and b.paused(core.ticks_ms())
