@@ -4,6 +4,7 @@ boards' /v1/status while it polls their vectors: a press under MicroPython shows
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tests.companion.boards import SimBoard
 from tests.companion.conftest import KEY, PAUSE_S
 from tests.companion.pico import Pico, companion_config
 from tests.conftest import until
+from tests.integration.test_promtool import _promtool
 
 
 async def test_the_gateway_shows_each_boards_companions_and_their_last_press(
@@ -48,6 +50,8 @@ async def test_the_gateway_shows_each_boards_companions_and_their_last_press(
         n = before["cam-a"] + 1
         assert f'cuecam_gateway_companion_presses_total{{companion="door-1",device="cam-a"}} {float(n)}' in text
         assert 'cuecam_gateway_companion_last_press_timestamp_seconds{companion="door-1",device="cam-b"}' in text
+        if shutil.which("promtool"):
+            assert _promtool(text) == ""
     finally:
         pico.close()
         await gw.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from firmware.privacy.companion import authorization
 from tests.companion.boards import SimBoard, wait
 from tests.companion.conftest import KEY, PAUSE_S
 from tests.companion.pico import Pico, companion_config, new_key
+from tests.integration.test_promtool import _promtool
 
 
 def confirms(p: Pico, press: int | None = None, kind: str = "optout") -> dict[str, dict[str, Any]]:
@@ -55,6 +57,8 @@ def test_a_press_pauses_and_purges_every_paired_board(pico: Pico, boards: list[S
         m = b.get("/metrics")
         assert f'cuecam_companion_presses_total{{companion="door-1"}} {float(c["presses"])}' in m
         assert 'cuecam_companion_last_press_timestamp_seconds{companion="door-1"}' in m
+        if shutil.which("promtool"):
+            assert _promtool(m) == "", "Prometheus's linter is happy with the companion metrics"
     st = pico.wait_state(lambda s: s["led"] == "on", 2)
     assert st["led_level"] == 1
     assert pico.led_patterns(mark)[:2] == ["unconfirmed", "on"]
