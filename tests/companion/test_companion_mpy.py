@@ -149,6 +149,30 @@ def test_a_press_whose_pause_ran_out_offline_is_never_sent(lib: Path, boards: li
         p.close()
 
 
+def test_a_companion_the_boards_refuse_blinks_fast_and_pauses_nothing(lib: Path, boards: list[SimBoard],
+                                                                      tmp_path: Path) -> None:
+    """Provisioned wrong (a key the boards do not have): every board refuses it, logged, and its
+    LED says so with the fast blink instead of lighting steady."""
+    for b in boards:
+        b.measuring()
+    cfg = companion_config(tmp_path / "companion.json", "door-1", new_key(), [(b.name, b.url, PAUSE_S) for b in boards])
+    p = Pico(lib, cfg, tmp_path / "flash")
+    try:
+        p.wait_state(lambda s: s["online"], 5)
+        before = {b.name: b.companion("door-1")["refusals"] for b in boards}
+        p.cmd("press", hold_ms=80)
+        st = p.wait_state(lambda s: s["led"] == "refused", 3)
+        assert all(b["refused"] == "bad_signature" and b["pending"] == ["optout"] for b in st["boards"]), st
+        time.sleep(1.0)
+        assert p.state()["led"] == "refused", "it keeps retrying (the config may be fixed) and keeps saying so"
+        for b in boards:
+            assert not b.paused()
+            assert b.companion("door-1")["refusals"] > before[b.name]
+            assert b.companion("door-1")["last_refusal"] == "bad_signature"
+    finally:
+        p.close()
+
+
 def test_a_long_press_pauses_purges_then_resumes_like_the_boards_button(pico: Pico, boards: list[SimBoard]) -> None:
     mark = len(pico.snapshot())
     pico.cmd("press", hold_ms=1200)  # long_press_ms 800, copied from the boards' long_press_s
