@@ -85,7 +85,7 @@ SAVES: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("companion_saves")
 
 class RefusalLog:
     """Refusals into the audit log, every one of them, without letting a flood of forged requests
-    rewrite the log (and the SD card) many times a second: the first refusal after a quiet
+    write and fsync the log (on the SD card) many times a second: the first refusal after a quiet
     ``window_s`` is written at once; the ones that follow within the window are counted per
     reason and companion and written as one entry each (``count``) when the window ends."""
 

@@ -306,7 +306,7 @@ def test_replays_stale_timestamps_unknown_companions_and_forgeries_are_refused_a
 
 
 def test_a_flood_of_forged_requests_is_all_logged_in_few_writes(boards: list[SimBoard]) -> None:
-    """Every refusal is in the audit log, but 40 forged requests in a burst do not rewrite it 40 times."""
+    """Every refusal is in the audit log, but 40 forged requests in a burst are not 40 fsynced appends."""
     a = boards[1]
     n_audit = len(a.audit())
     for i in range(40):
