@@ -9,6 +9,7 @@ own directory, so a config works from any working directory.
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
@@ -120,9 +121,22 @@ class DetectorConfig(_Strict):
     max_detections: int = Field(default=10, ge=1, le=100)
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 class InferenceConfig(_Strict):
     runtime: Literal["auto", "litert", "tflite-runtime"] = "auto"
-    threads: int = Field(default=2, ge=1, le=16)
+    # CPU inference threads (XNNPACK). auto: on 4 cores or more one core fewer than the board has,
+    # so the camera thread (the VC4 boards' YUV conversion), the event loop and the analysis thread
+    # (tracker, pose, signals beside the next frame's detector) keep a core of their own instead of
+    # preempting the inference threads; on 1 or 2 cores every core (one thread alone gave ~15% fewer
+    # frames in make bench on 2 cores: XNNPACK still gains from the second). See the board configs.
+    threads: int | Literal["auto"] = "auto"
     delegate: Literal["cpu", "edgetpu"] = "cpu"
     models_dir: str = Field(default="../models", min_length=1, max_length=4096)
     queue_size: int = Field(default=2, ge=1, le=64)
@@ -135,6 +149,27 @@ class InferenceConfig(_Strict):
     # On the fallback, try the configured detector (and pose) again this often: an Edge TPU
     # plugged back in, or a USB glitch over, brings the board back without a restart. None: never.
     retry_primary_s: float | None = Field(default=300.0, ge=0.1, le=86400)
+
+    @field_validator("threads", mode="plain")
+    @classmethod
+    def _threads(cls, v: Any) -> int | Literal["auto"]:
+        if v == "auto":
+            return "auto"
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("Input should be a valid integer (1 to 16) or auto")
+        if v < 1:
+            raise ValueError("Input should be greater than or equal to 1")
+        if v > 16:
+            raise ValueError("Input should be less than or equal to 16")
+        return v
+
+    @property
+    def num_threads(self) -> int:
+        """The inference threads to run: ``threads``, or for auto the cores less one on 4 cores or more."""
+        if self.threads != "auto":
+            return self.threads
+        cores = cpu_cores()
+        return cores - 1 if cores >= 4 else cores
 
 
 class BufferConfig(_Strict):

@@ -59,7 +59,7 @@ def _load_pose(loaded: LoadedConfig) -> PoseEstimator:
     inf = cfg.inference
     manifest_dir = loaded.resolve(inf.models_dir)
     return create_pose_estimator(cfg.signals.pose_model, manifest_dir, load_manifest(manifest_dir / "manifest.yaml"),
-                                 runtime=inf.runtime, threads=inf.threads, delegate=inf.delegate)
+                                 runtime=inf.runtime, threads=inf.num_threads, delegate=inf.delegate)
 
 
 def _probe_primary(loaded: LoadedConfig) -> tuple[Detector, PoseEstimator | None]:

@@ -1,7 +1,10 @@
-"""The frame pipeline: camera -> bounded queue -> analysis worker thread -> vector ring buffer.
+"""The frame pipeline: camera -> bounded queue -> detector thread -> analysis thread -> ring buffer.
 
-Decoding or capture runs on the camera's thread and inference on its own worker thread, so they
-overlap and the event loop only moves small objects between them. The queue between camera and
+Decoding or capture runs on the camera's thread; each frame's detector runs on the detector thread
+and its tracking, pose and signals on the analysis thread, so one frame's analysis overlaps the
+next frame's detector, and the next frame waiting in the queue is handed over before this one's
+result is awaited (the threads never wait for the event loop, which only moves small objects
+between them and wakes once per frame). The queue between camera and
 inference is bounded: for a live source the oldest frame is dropped when inference is behind
 (and counted), for a source that waits (replay as fast as possible) the camera waits instead.
 A frame's pixels are released as soon as the analyzer (detector, tracker, pose, signals) has run
@@ -14,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -39,6 +44,15 @@ Observer = Callable[[int, float, FrameResult], None]
 # Called on the event loop when the model failed this many invokes in a row; True when it was
 # replaced (a CPU fallback) and analysis goes on, False to stop analysing (degraded).
 ModelFailureHandler = Callable[[Exception, int], Awaitable[bool]]
+
+
+class _Superseded(Exception):
+    """A frame detected before a pause or closing time: its stage two never runs."""
+
+
+def _retrieved(fut: asyncio.Future[FrameResult]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a look-ahead frame's result, no longer wanted: retrieved, not "never retrieved"
 
 
 class ModelFailed(CuecamError):
@@ -143,7 +157,15 @@ class Pipeline:
         self._clock = clock
         self._wall = wall_clock
         self._queue: asyncio.Queue[Frame | None] = asyncio.Queue(maxsize=queue_size)
+        # Two stages per frame, each on its own thread, so that one frame's tracking, pose and signals
+        # run beside the next frame's detector: the detector thread runs stage one and queues stage
+        # two on the analysis thread (which also runs resets and model loads, in order).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cuecam-inference")
+        self._detect_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cuecam-detect")
+        # Held to bump the generation and queue a reset (pause, closing time) and, on the detector
+        # thread, to compare it and queue stage two: so no stage two of an earlier generation can
+        # be queued behind the reset that forgets its tracks.
+        self._stage_lock = threading.Lock()
         self.stats = PipelineStats(started=clock())
         # Opt-out: while cleared, nothing is read from the camera and nothing is analysed.
         self._measuring = asyncio.Event()
@@ -262,64 +284,138 @@ class Pipeline:
         self._last_accepted = now
         return True
 
+    async def _submit(self, frame: Frame) -> tuple[int, float, int, asyncio.Future[FrameResult]] | None:
+        """Hand a frame to the analysis thread: (frame id, time, generation, result), or None when it
+        is not analysed (opted out, closed hours). The pixels go with the job and no further."""
+        if not self._measuring.is_set():  # opted out: a frame that slipped in after the purge
+            self.stats.frames_discarded += 1
+            return None
+        if self.closed(self._wall()):
+            self.stats.frames_closed += 1
+            self.stats.last_activity = self._clock()
+            if not self._was_closed:  # closing time: forget every track and pending window
+                self._was_closed = True
+                await self._reset_analysis()
+            return None  # never reaches the detector
+        self._was_closed = False
+        generation = self._generation
+        out: concurrent.futures.Future[FrameResult] = concurrent.futures.Future()
+        self._detect_executor.submit(self._stage_one, frame.image, frame.t_mono, generation, out)
+        return frame.frame_id, frame.t_mono, generation, asyncio.wrap_future(out)
+
+    def _stage_one(self, image: np.ndarray, t: float, generation: int,
+                   out: concurrent.futures.Future[FrameResult]) -> None:
+        """On the detector thread: detect, then queue the rest of the frame on the analysis thread."""
+        try:
+            dets = self.analyzer.detect(image)
+        except BaseException as e:
+            out.set_exception(e)
+            return
+        with self._stage_lock:
+            if generation != self._generation:  # paused (or closed) meanwhile: its tracks must not come back
+                out.set_exception(_Superseded())
+                return
+            self._executor.submit(self._stage_two, image, t, dets, out)
+
+    def _stage_two(self, image: np.ndarray, t: float, dets: Any, out: concurrent.futures.Future[FrameResult]) -> None:
+        try:
+            out.set_result(self.analyzer.process(image, t, dets))
+        except BaseException as e:
+            out.set_exception(e)
+
+    async def _reset_analysis(self) -> int:
+        """A new generation and the analyzer reset on the analysis thread, queued under the stage
+        lock: frames in flight are dropped, and none of them reaches the tracker after the reset."""
+        with self._stage_lock:
+            self._generation += 1
+            fut = self._executor.submit(self.analyzer.reset)
+        return await asyncio.wrap_future(fut)
+
     async def _consume(self) -> None:
-        loop = asyncio.get_running_loop()
-        while (frame := await self._queue.get()) is not None:
-            if not self._measuring.is_set():  # opted out: a frame that slipped in after the purge
-                self.stats.frames_discarded += 1
+        """Analyse frames in order. The next frame waiting in the queue is handed to the analysis
+        thread before this one's result is awaited (one frame of look-ahead), so that thread goes
+        from frame to frame without waiting for the event loop to store a result and fetch the
+        next; a pause still purges after both (they are dropped by their generation)."""
+        ahead: tuple[int, float, int, asyncio.Future[FrameResult]] | None = None
+        ended = False
+        while True:
+            job: tuple[int, float, int, asyncio.Future[FrameResult]] | None
+            if ahead is not None:
+                job, ahead = ahead, None
+            else:
+                if ended:
+                    return
+                frame = await self._queue.get()
+                if frame is None:
+                    return
+                job = await self._submit(frame)
                 del frame
-                continue
-            if self.closed(self._wall()):
-                self.stats.frames_closed += 1
-                self.stats.last_activity = self._clock()
-                del frame  # never reaches the detector
-                if not self._was_closed:  # closing time: forget every track and pending window
-                    self._was_closed = True
-                    await loop.run_in_executor(self._executor, self.analyzer.reset)
-                continue
-            self._was_closed = False
-            generation = self._generation
+                if job is None:
+                    continue
+            if not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    ended = True
+                else:
+                    ahead = await self._submit(nxt)
+                    del nxt
+            frame_id, t_mono, generation, fut = job
             try:
-                res = await loop.run_in_executor(self._executor, self.analyzer.process, frame.image, frame.t_mono)
+                res = await fut
+            except _Superseded:  # an opt-out or closing time came while it was detected
+                self.stats.frames_discarded += 1
+                continue
             except Exception as e:  # one bad frame must not stop the device
-                del frame
+                if ahead is not None:
+                    # the look-ahead frame ran on the same failing model, before any replacement:
+                    # it is dropped, so the failures are judged (and a fallback made) once
+                    await asyncio.wait({ahead[3]})
+                    ahead[3].add_done_callback(_retrieved)
+                    ahead = None
+                    self.stats.frames_dropped += 1
                 await self._model_failed(e)
                 continue
-            self.stats.consecutive_errors = 0
-            frame_id, t_mono = frame.frame_id, frame.t_mono
-            del frame  # the pixels go no further than this
-            if generation != self._generation:  # an opt-out came while this frame was analysed
-                self.stats.frames_discarded += 1
-                continue
-            dets = res.detections
-            n = len(dets)
-            wall = self._wall()
-            now = self._clock()
-            for v in res.vectors:
-                # the window ended (t_mono - v.t_end) seconds of footage before this frame
-                ago = max(t_mono - v.t_end, 0.0)
-                self.vectors.append(**record_fields(v, wall - ago, now - ago))
-            st = self.stats
-            st.vectors += len(res.vectors)
-            st.tracks = res.tracks
-            st.pose_invokes += res.pose_invokes
-            st.model_ms.append(res.model_ms)
-            st.total_ms.append(res.total_ms)
-            st.frames_processed += 1
-            st.last_processed = st.last_activity = now
-            st.infer_ms.append(dets.infer_ms)
-            st.infer_seconds.observe(dets.infer_ms / 1000.0)
-            st.processed_at.append(now)
-            st.people_last_frame = n
-            if n:
-                st.frames_with_people += 1
-                if st.first_detection is None:
-                    st.first_detection = now
-            for observe in self.observers:
-                try:
-                    observe(frame_id, t_mono, res)
-                except Exception:  # an in-process observer must not stop the device
-                    log.exception("pipeline observer failed on frame %d", frame_id)
+            except BaseException:
+                if ahead is not None:
+                    ahead[3].add_done_callback(_retrieved)
+                raise
+            self._store(frame_id, t_mono, generation, res)
+
+    def _store(self, frame_id: int, t_mono: float, generation: int, res: FrameResult) -> None:
+        """One analysed frame's vectors into the ring buffer, its counts into the stats, observers told."""
+        self.stats.consecutive_errors = 0
+        if generation != self._generation:  # an opt-out came while this frame was analysed
+            self.stats.frames_discarded += 1
+            return
+        dets = res.detections
+        n = len(dets)
+        wall = self._wall()
+        now = self._clock()
+        for v in res.vectors:
+            # the window ended (t_mono - v.t_end) seconds of footage before this frame
+            ago = max(t_mono - v.t_end, 0.0)
+            self.vectors.append(**record_fields(v, wall - ago, now - ago))
+        st = self.stats
+        st.vectors += len(res.vectors)
+        st.tracks = res.tracks
+        st.pose_invokes += res.pose_invokes
+        st.model_ms.append(res.model_ms)
+        st.total_ms.append(res.total_ms)
+        st.frames_processed += 1
+        st.last_processed = st.last_activity = now
+        st.infer_ms.append(dets.infer_ms)
+        st.infer_seconds.observe(dets.infer_ms / 1000.0)
+        st.processed_at.append(now)
+        st.people_last_frame = n
+        if n:
+            st.frames_with_people += 1
+            if st.first_detection is None:
+                st.first_detection = now
+        for observe in self.observers:
+            try:
+                observe(frame_id, t_mono, res)
+            except Exception:  # an in-process observer must not stop the device
+                log.exception("pipeline observer failed on frame %d", frame_id)
 
     async def _model_failed(self, e: Exception) -> None:
         st = self.stats
@@ -349,7 +445,6 @@ class Pipeline:
         """Stop measuring now: no more camera reads, frames in flight dropped, every track and
         pending window forgotten. Returns (frames dropped, tracks forgotten)."""
         self._measuring.clear()
-        self._generation += 1
         dropped = 0
         sentinel = False
         while not self._queue.empty():
@@ -363,7 +458,7 @@ class Pipeline:
             self._queue.put_nowait(None)
         self.stats.frames_discarded += dropped
         # On the analysis thread, after the frame being analysed (if any): never concurrently.
-        tracks = await asyncio.get_running_loop().run_in_executor(self._executor, self.analyzer.reset)
+        tracks = await self._reset_analysis()
         return dropped, tracks
 
     def resume(self) -> None:
@@ -373,6 +468,7 @@ class Pipeline:
         """Close the camera and join the inference thread. Never raises."""
         await self.camera.close()
         try:
+            await asyncio.get_running_loop().run_in_executor(None, self._detect_executor.shutdown, True)
             await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
         except Exception as e:
             log.warning("inference thread did not stop cleanly: %s", e)

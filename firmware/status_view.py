@@ -132,7 +132,7 @@ class StatusView:
                        "error": st.error, "restarts": st.camera_restarts, "recoveries": st.camera_recoveries,
                        "failures": st.camera_failures,
                        "faults": dict(st.camera_faults), "backoff_s": st.next_restart_s},
-            "model": self.models.status(cfg.inference.threads, st.model_switches, st.consecutive_errors),
+            "model": self.models.status(cfg.inference.num_threads, st.model_switches, st.consecutive_errors),
             "thermal": self.supervisor.thermal_status(st.frames_thermal_skipped),
             "systemd": self.supervisor.status(alive, why),
             "fps": round(st.fps(now), 2),

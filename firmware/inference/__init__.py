@@ -31,6 +31,6 @@ def create_detector(cfg: InferenceConfig, models_dir: Path, manifest: Manifest) 
     if target is None:
         raise ModelError(f"model {model.key!r} uses decoder {model.entry.decoder!r}; known: {', '.join(DETECTORS)}")
     module, cls = target.split(":")
-    runner = ModelRunner(model, runtime=cfg.runtime, num_threads=cfg.threads, delegate=cfg.delegate)
+    runner = ModelRunner(model, runtime=cfg.runtime, num_threads=cfg.num_threads, delegate=cfg.delegate)
     detector: Detector = getattr(importlib.import_module(module), cls)(runner, cfg.detector)
     return detector

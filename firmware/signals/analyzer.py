@@ -52,16 +52,23 @@ class FrameAnalyzer:
             n = max(n, self.engine.reset())
         return n
 
-    def process(self, image: np.ndarray, t: float) -> FrameResult:
+    def detect(self, image: np.ndarray) -> Detections:
+        """Stage one of a frame: the detector alone (the pipeline runs it on its own thread)."""
+        if self.detector is None:
+            raise RuntimeError("no detector loaded")
+        return self.detector.detect(image)
+
+    def process(self, image: np.ndarray, t: float, dets: Detections | None = None) -> FrameResult:
+        """Everything for one frame; ``dets``: its detections when stage one already ran."""
         t0 = time.perf_counter()
+        before = 0.0 if dets is None else dets.infer_ms  # stage one's time, counted in total_ms
         h, w = image.shape[:2]
         if self.engine is None or self._size != (w, h):
             self._size = (w, h)
             self.engine = SignalEngine(self.cfg.signals, ZoneMap(self.cfg.zones, self.cfg.ground_plane, w, h),
                                        self.cfg.privacy.token_rotation_s)
-        if self.detector is None:
-            raise RuntimeError("no detector loaded")
-        dets = self.detector.detect(image)
+        if dets is None:
+            dets = self.detect(image)
         model_ms = dets.infer_ms
         scale = np.array([w, h, w, h], dtype=np.float64)
         if self.engine.zones.excluded and len(dets):
@@ -84,5 +91,5 @@ class FrameAnalyzer:
                                                min_box_px=self.cfg.signals.pose_min_box_px)
                     self.engine.set_facing(tr.tid, t, facing, conf)
         vectors = self.engine.step(t, tracks, self.tracker.ended, dets.capped)
-        return FrameResult(dets, vectors, len(tracks), model_ms, (time.perf_counter() - t0) * 1000.0, invokes,
+        return FrameResult(dets, vectors, len(tracks), model_ms, before + (time.perf_counter() - t0) * 1000.0, invokes,
                            tuple(tracks))

@@ -41,9 +41,8 @@ process did not exit 0 on SIGTERM or printed a traceback.
    - model_ms_per_frame: mean of the analyzer's per-frame ``model_ms`` (detector + pose
      estimates, their preprocessing and decoding included) over the timed frames.
    - analysis_ms_per_frame: mean of the per-frame ``total_ms`` (all of FrameAnalyzer.process).
-   - nonmodel_overhead_ratio: (analysis_ms_per_frame - model_ms_per_frame) / model_ms_per_frame,
-     i.e. tracking + pose selection + orientation + signals per unit of model time (both means
-     over the timed frames; target <= NONMODEL_OVERHEAD_TARGET).
+   - nonmodel_ms_per_frame: analysis_ms_per_frame - model_ms_per_frame (tracking, pose selection,
+     orientation, signals); the overhead ratio is measured in phase 4, without the API client.
    - pose_invokes_per_frame: MoveNet invokes / timed frames.
    - pipeline_vectors: vectors closed by the timed frames; buffer_records: vectors held at the
      end; pipeline_api_*: the client's requests, their p50/max round trip, vectors it read and
@@ -79,18 +78,17 @@ process did not exit 0 on SIGTERM or printed a traceback.
      realtime_nonmodel_overhead_ratio: as in phase 2, over every frame of this run (models run
      slower when the CPU idles between frames, so the ratio differs from the fast run's).
 
-4. Bare models, in this process (``model_*``): the detector's ModelRunner.run (same runtime and
-   threads as the board) on MODEL_FRAMES frames decoded, converted to RGB and resized to the
-   detector input beforehand, interleaved with the pose model's ModelRunner.run (signals.pose_model,
-   MoveNet Lightning) on 192x192 person crops made beforehand (square 1.2x crops around people the
-   detector found, as the MoveNet estimator makes them), invoked pose_invokes_per_frame times per
-   frame on average (as the pipeline did in phase 2). MODEL_INVOKES frames after warm-up.
+4. Throughput, in this process (tests/bench/throughput.py, whose docstring says exactly what each
+   side runs): the pipeline and the bare models measured interleaved, in alternating blocks of
+   the same run, on frames decoded into RAM beforehand (picamera2's lores stream: no decode) and
+   on the file, with the naive single-thread loop (decode -> resize -> invoke) as a baseline.
 
-   - detector_ms_mean / pose_ms_mean: mean time of one ModelRunner.run (input lookup table,
-     invoke, output dequantization; no resize, no decoding).
-   - bare_model_ms_per_frame = detector_ms_mean + pose_invokes_per_frame * pose_ms_mean.
-   - model_fps = 1000 / bare_model_ms_per_frame.
-   - pipeline_vs_model_ratio = pipeline_fps / model_fps.
+   - ram_pipeline_vs_model_ratio (pose off; goal >= 0.95), ram_pipeline_pose_vs_models_ratio
+     (goal >= 0.90), file_pipeline_vs_naive_ratio (goal >= 1.0), nonmodel_overhead_ratio (the
+     pipeline's (analysis - models) / models per frame, pose on; goal <= 0.05),
+     realtime_cpu_per_frame_vs_model (process CPU per frame at 10 fps / the bare detector's;
+     goal <= 1.15), pipeline_vs_model_ratio (sim.yaml on the file / its models on RAM frames);
+     each with _goal and _ok, and the fps and ms per frame of every side.
 
 5. Opt-out, in this process (``optout_*``): the same service as in phase 3 (pacing ``realtime``,
    API and polling client alongside) with the sim board's mock opt-out button (gpiozero
@@ -157,10 +155,8 @@ from firmware.app import Service, build_service  # noqa: E402
 from firmware.config import LoadedConfig, load_config  # noqa: E402
 from firmware.http.app import build_app  # noqa: E402
 from firmware.http.auth import ENV_VAR  # noqa: E402
-from firmware.inference import create_detector  # noqa: E402
-from firmware.inference.pose import create_pose_estimator  # noqa: E402
-from firmware.models import load_manifest  # noqa: E402
 from firmware.signals.analyzer import FrameResult  # noqa: E402
+from tests.bench.throughput import measure_throughput  # noqa: E402
 
 SIM_CONFIG = ROOT / "board_configs" / "sim.yaml"
 VTEST = ROOT / "media" / "vtest.avi"
@@ -180,7 +176,6 @@ POSE_CROPS = 100
 POSE_CROP_SCALE = 1.2  # as firmware/inference/pose_movenet.py
 MODEL_WARMUP = 20
 MODEL_INVOKES = 400  # frames: one detector invoke each, plus pose invokes
-NONMODEL_OVERHEAD_TARGET = 0.10
 OPTOUT_PRESSES = 1000
 OPTOUT_TARGET_MS = 250.0  # press -> paused and purged, p99
 OPTOUT_WAIT_S = 2.0  # per press, at most
@@ -468,7 +463,7 @@ async def measure_pipeline(token: str) -> dict[str, Any]:
             "pipeline_inference_errors": st.inference_errors,
             "buffer_records": len(svc.vectors),
             "runtime": svc.models.detector.runner.runtime,
-            "threads": svc.config.inference.threads,
+            "threads": svc.config.inference.num_threads,
             "pose_model": None if svc.models.pose is None else svc.models.pose.name,
             "pose_budget": svc.config.signals.pose_budget,
             "process_threads": threading.active_count(),
@@ -493,9 +488,6 @@ async def measure_pipeline(token: str) -> dict[str, Any]:
         model_ms_per_frame=m,
         analysis_ms_per_frame=a,
         nonmodel_ms_per_frame=a - m,
-        nonmodel_overhead_ratio=(a - m) / m,
-        nonmodel_overhead_target=NONMODEL_OVERHEAD_TARGET,
-        nonmodel_overhead_ok="yes" if (a - m) / m <= NONMODEL_OVERHEAD_TARGET else "no",
         nonmodel_ms_p99=pct(nonmodel_ms, 99),
         analysis_ms_p99=pct(total_ms, 99),
         pose_invokes_per_frame=sum(f[3] for f in timed) / n,
@@ -643,103 +635,6 @@ async def measure_optout(token: str) -> dict[str, Any]:
     return out
 
 
-# -- 4. the bare models on inputs prepared beforehand ---------------------------------------------
-def _square_crop(rgb: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
-    """A size x size crop as MoveNetPose feeds its model: 1.2x square around the box, black outside."""
-    h, w = rgb.shape[:2]
-    x0, y0, x1, y1 = (float(v) for v in box * np.array([w, h, w, h]))
-    side = max(round(POSE_CROP_SCALE * max(x1 - x0, y1 - y0)), 2)
-    sx, sy = round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2)
-    square = np.zeros((side, side, 3), np.uint8)
-    ix0, iy0, ix1, iy1 = max(sx, 0), max(sy, 0), min(sx + side, w), min(sy + side, h)
-    if ix1 > ix0 and iy1 > iy0:
-        square[iy0 - sy:iy1 - sy, ix0 - sx:ix1 - sx] = rgb[iy0:iy1, ix0:ix1]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(square, (size, size), interpolation=interp)
-
-
-def measure_model(pose_invokes_per_frame: float) -> dict[str, Any]:
-    loaded = load_config(SIM_CONFIG)
-    cfg = loaded.config
-    inf = cfg.inference
-    models_dir = loaded.resolve(inf.models_dir)
-    manifest = load_manifest(models_dir / "manifest.yaml")
-    detector = create_detector(inf, models_dir, manifest)
-    pose = create_pose_estimator(cfg.signals.pose_model, models_dir, manifest, runtime=inf.runtime,
-                                 threads=inf.threads, delegate=inf.delegate)
-    det_runner, pose_runner = detector.runner, pose.runner
-    w, h = det_runner.input_size
-    pw, ph = pose_runner.input_size
-    cap = cv2.VideoCapture(str(VTEST))
-    frames: list[np.ndarray] = []
-    crops: list[np.ndarray] = []
-    decode_ms, resize_ms = [], []
-    try:
-        for i in range(MODEL_FRAMES):
-            t0 = time.perf_counter()
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # what the replay camera does per frame
-            t1 = time.perf_counter()
-            frames.append(cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR))  # what detect() does
-            t2 = time.perf_counter()
-            decode_ms.append((t1 - t0) * 1000.0)
-            resize_ms.append((t2 - t1) * 1000.0)
-            if i % max(MODEL_FRAMES // CROP_FRAMES, 1) == 0 and len(crops) < POSE_CROPS:
-                boxes = detector.detect(rgb).boxes  # people in this frame; crop the pose_budget tallest
-                by_height = boxes[np.argsort(boxes[:, 1] - boxes[:, 3], kind="stable")]
-                crops.extend(_square_crop(rgb, b, pw) for b in by_height[: cfg.signals.pose_budget])
-    finally:
-        cap.release()
-    if not frames:
-        raise RuntimeError(f"{VTEST}: no frames decoded")
-    crop_source = "people"
-    if not crops:  # no one found: the invoke time does not depend on the content
-        crop_source = "frame centres"
-        crops = [cv2.resize(f, (pw, ph)) for f in frames[:POSE_CROPS]]
-    for i in range(MODEL_WARMUP):
-        det_runner.run(frames[i % len(frames)])
-        pose_runner.run(crops[i % len(crops)])
-    det_ms: list[float] = []
-    pose_ms: list[float] = []
-    t_start = time.perf_counter()
-    for i in range(MODEL_INVOKES):
-        t = time.perf_counter()
-        det_runner.run(frames[i % len(frames)])
-        det_ms.append((time.perf_counter() - t) * 1000.0)
-        # as many pose invokes as the pipeline made, spread evenly over the frames
-        for _ in range(math.floor((i + 1) * pose_invokes_per_frame) - math.floor(i * pose_invokes_per_frame)):
-            t = time.perf_counter()
-            pose_runner.run(crops[len(pose_ms) % len(crops)])
-            pose_ms.append((time.perf_counter() - t) * 1000.0)
-    elapsed = time.perf_counter() - t_start
-    det_mean = float(np.mean(det_ms))
-    pose_mean = mean(pose_ms)
-    bare = det_mean + pose_invokes_per_frame * (pose_mean or 0.0)
-    return {
-        "model_fps": 1000.0 / bare,
-        "bare_model_ms_per_frame": bare,
-        "model_frames": MODEL_INVOKES,
-        "model_elapsed_fps": MODEL_INVOKES / elapsed,
-        "detector_ms_mean": det_mean,
-        "detector_ms_p50": pct(det_ms, 50),
-        "detector_ms_p99": pct(det_ms, 99),
-        "pose_ms_mean": pose_mean,
-        "pose_ms_p50": pct(pose_ms, 50),
-        "pose_ms_p99": pct(pose_ms, 99),
-        "pose_invokes": len(pose_ms),
-        "pose_crops": len(crops),
-        "pose_crop_source": crop_source,
-        "model_runtime": det_runner.runtime,
-        "model_input": "x".join(str(v) for v in det_runner.input_shape[1:]),
-        "pose_input": "x".join(str(v) for v in pose_runner.input_shape[1:]),
-        "decode_frames": len(frames),
-        "decode_ms": pct(decode_ms, 50),  # read + BGR->RGB of one 768x576 frame, p50
-        "resize_ms": pct(resize_ms, 50),  # 768x576 -> detector input, p50
-    }
-
-
 def fmt(v: Any) -> str:
     if v is None:
         return "none"
@@ -750,9 +645,14 @@ def fmt(v: Any) -> str:
 
 ORDER = [
     # headline figures
-    "first_detection_s", "first_vector_s", "pipeline_fps", "model_fps", "pipeline_vs_model_ratio",
-    "model_ms_per_frame", "analysis_ms_per_frame", "nonmodel_overhead_ratio", "nonmodel_overhead_target",
-    "nonmodel_overhead_ok", "pose_invokes_per_frame", "bare_model_ms_per_frame",
+    "first_detection_s", "first_vector_s",
+    "ram_pipeline_vs_model_ratio", "ram_pipeline_vs_model_ratio_goal", "ram_pipeline_vs_model_ratio_ok",
+    "ram_pipeline_pose_vs_models_ratio", "ram_pipeline_pose_vs_models_ratio_goal", "ram_pipeline_pose_vs_models_ratio_ok",
+    "file_pipeline_vs_naive_ratio", "file_pipeline_vs_naive_ratio_goal", "file_pipeline_vs_naive_ratio_ok",
+    "nonmodel_overhead_ratio", "nonmodel_overhead_ratio_goal", "nonmodel_overhead_ratio_ok",
+    "realtime_cpu_per_frame_vs_model", "realtime_cpu_per_frame_vs_model_goal", "realtime_cpu_per_frame_vs_model_ok",
+    "pipeline_vs_model_ratio",
+    "pipeline_fps", "model_ms_per_frame", "analysis_ms_per_frame", "pose_invokes_per_frame",
     "vector_latency_ms_p50", "vector_latency_ms_p99", "vector_latency_target_ms", "vector_latency_ok",
     "optout_p50_ms", "optout_p99_ms", "optout_target_ms", "optout_ok",
     "rss_mib", "rss_peak_mib",
@@ -771,10 +671,13 @@ ORDER = [
     "realtime_nonmodel_overhead_ratio",
     "realtime_api_requests", "realtime_api_ms_p50", "realtime_api_ms_max", "realtime_api_vectors_read",
     "realtime_api_vectors_lost", "realtime_error",
-    # 4. bare models
-    "model_frames", "model_elapsed_fps", "detector_ms_mean", "detector_ms_p50", "detector_ms_p99",
-    "pose_ms_mean", "pose_ms_p50", "pose_ms_p99", "pose_invokes", "pose_crops", "pose_crop_source",
-    "model_input", "pose_input", "decode_ms", "resize_ms", "decode_frames", "model_error",
+    # 4. throughput, interleaved
+    "ram_pipeline_fps", "bare_model_fps", "ram_pipeline_pose_fps", "bare_models_pose_fps", "file_pipeline_fps",
+    "naive_fps", "file_pipeline_pose_fps", "ram_models_ms_per_frame", "ram_analysis_ms_per_frame",
+    "bare_model_ms_per_frame", "ram_pose_models_ms_per_frame", "ram_pose_analysis_ms_per_frame",
+    "bare_models_pose_ms_per_frame", "nonmodel_overhead_ratio_pose_off", "ram_pose_invokes_per_frame",
+    "bare_pose_invokes_per_frame", "realtime_cpu_ms_per_frame", "bare_cpu_ms_per_frame", "realtime_block_fps",
+    "throughput_rounds", "throughput_block_frames", "throughput_threads", "throughput_error",
     # 5. opt-out
     "optout_max_ms", "optout_presses", "optout_idle_p50_ms", "optout_idle_p99_ms", "optout_inflight_p50_ms",
     "optout_inflight_p99_ms", "optout_firmware_ms_p50", "optout_firmware_ms_p99", "optout_frames_processed",
@@ -820,9 +723,8 @@ def main() -> int:
     progress(f"3/6 vector latency: {REALTIME_S:.0f} s, pacing realtime, API on loopback")
     phase("realtime", lambda: asyncio.run(measure_vector_latency(token)))
 
-    ppf = results.get("pose_invokes_per_frame")
-    progress(f"4/6 models: {MODEL_INVOKES} frames of bare detector invokes + {ppf or 0:.2f} pose invokes each")
-    phase("model", lambda: measure_model(ppf or 0.0))
+    progress("4/6 throughput: pipeline and bare models in alternating blocks (RAM frames, the file, the naive loop)")
+    phase("throughput", lambda: asyncio.run(measure_throughput(load_config(SIM_CONFIG), VTEST, progress=progress)))
 
     progress(f"5/6 opt-out: {OPTOUT_PRESSES} presses of the mock button, pacing realtime, API on loopback")
     phase("optout", lambda: asyncio.run(measure_optout(token)))
@@ -832,8 +734,6 @@ def main() -> int:
     if results.get("zero2w_exit_code") not in (0, None):
         failed = True
 
-    if "pipeline_fps" in results and "model_fps" in results:
-        results["pipeline_vs_model_ratio"] = results["pipeline_fps"] / results["model_fps"]
     results["cv2_threads"] = cv2.getNumThreads()
     results["cpus"] = len(os.sched_getaffinity(0))
     results["python"] = platform.python_version()

@@ -217,7 +217,7 @@ def test_port_in_use_is_a_clear_error(models_dir, vtest):
 
 def test_bad_config_exits_2(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(SIM_CONFIG.read_text().replace("threads: 2", "threads: many"))
+    path.write_text(SIM_CONFIG.read_text().replace("threads: auto", "threads: many"))
     rc, err = _fails(["--config", str(path)])
     assert rc == 2 and f"{path}:" in err and "inference.threads" in err
 
