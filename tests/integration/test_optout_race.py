@@ -149,3 +149,27 @@ async def test_many_random_interleavings_stay_consistent(models_dir, vtest, tmp_
             assert _paused(svc) is model_paused, f"burst {burst}"
     finally:
         await svc.stop()
+
+
+async def test_no_frame_detected_before_a_pause_reaches_the_tracker_after_it(models_dir, vtest, tmp_path):
+    """Frames run in two stages (detector thread, then tracking on the analysis thread): a pause
+    landing at any phase of a frame leaves the tracker and the signal engine empty once it has
+    returned, and they stay empty until the resume. Swept over 60 pauses at random phases."""
+    import random
+
+    svc = await _service(tmp_path, pause_s=600)
+    rng = random.Random(7)
+    try:
+        for i in range(60):
+            n = svc.pipeline.stats.frames_processed
+            await until(lambda n=n: svc.pipeline.stats.frames_processed > n, 10, 0.001)
+            await asyncio.sleep(rng.random() * 0.03)  # somewhere in the next frame's detection or analysis
+            await svc.privacy.optout("api")
+            assert not svc.analyzer.tracker.tracks, f"pause {i}: tracks survived the purge"
+            assert svc.analyzer.engine is None or not svc.analyzer.engine.states, f"pause {i}"
+            await asyncio.sleep(0.02)
+            assert not svc.analyzer.tracker.tracks and not svc.pipeline.measuring
+            await svc.privacy.resume("api")
+        assert svc.pipeline.stats.frames_discarded > 0
+    finally:
+        await svc.stop()
