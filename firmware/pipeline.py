@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -332,10 +333,10 @@ class Pipeline:
         return await asyncio.wrap_future(fut)
 
     async def _consume(self) -> None:
-        """Analyse frames in order. The next frame waiting in the queue is handed to the analysis
-        thread before this one's result is awaited (one frame of look-ahead), so that thread goes
-        from frame to frame without waiting for the event loop to store a result and fetch the
-        next; a pause still purges after both (they are dropped by their generation)."""
+        """Analyse frames in order, one frame of look-ahead: while a frame is in its stages, the
+        next one is handed to the detector thread as soon as the camera delivers it, so the
+        detector goes from frame to frame without waiting for the event loop to store a result;
+        a pause still purges after both (they are dropped by their generation)."""
         ahead: tuple[int, float, int, asyncio.Future[FrameResult]] | None = None
         ended = False
         while True:
@@ -352,14 +353,25 @@ class Pipeline:
                 del frame
                 if job is None:
                     continue
-            if not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    ended = True
-                else:
-                    ahead = await self._submit(nxt)
-                    del nxt
             frame_id, t_mono, generation, fut = job
+            if not ended:
+                # the next frame goes to the detector thread as soon as it is there, while this one
+                # is still in its second stage (or, already waiting, at once)
+                getter: asyncio.Future[Frame | None] = asyncio.ensure_future(self._queue.get())
+                try:
+                    await asyncio.wait({fut, getter}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+                finally:
+                    if not getter.done():
+                        getter.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await getter
+                if getter.done() and not getter.cancelled():
+                    nxt = getter.result()
+                    if nxt is None:
+                        ended = True
+                    else:
+                        ahead = await self._submit(nxt)
+                        del nxt
             try:
                 res = await fut
             except _Superseded:  # an opt-out or closing time came while it was detected
