@@ -134,7 +134,7 @@ class InferenceConfig(_Strict):
     # CPU inference threads (XNNPACK). auto: on 4 cores or more one core fewer than the board has,
     # so the camera thread (the VC4 boards' YUV conversion), the event loop and the analysis thread
     # (tracker, pose, signals beside the next frame's detector) keep a core of their own instead of
-    # preempting the inference threads; on 1 or 2 cores every core (one thread alone gave ~15% fewer
+    # preempting the inference threads; on 1 or 2 cores every core (one thread alone gave 7-14% fewer
     # frames in make bench on 2 cores: XNNPACK still gains from the second). See the board configs.
     threads: int | Literal["auto"] = "auto"
     delegate: Literal["cpu", "edgetpu"] = "cpu"
