@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
@@ -362,9 +361,9 @@ class Pipeline:
                     await asyncio.wait({fut, getter}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
                 finally:
                     if not getter.done():
+                        # not awaited: a CancelledError caught here could be this task's own (the
+                        # pipeline stopping) and swallowing it would leave the consumer running
                         getter.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await getter
                 if getter.done() and not getter.cancelled():
                     nxt = getter.result()
                     if nxt is None:

@@ -173,3 +173,21 @@ async def test_no_frame_detected_before_a_pause_reaches_the_tracker_after_it(mod
         assert svc.pipeline.stats.frames_discarded > 0
     finally:
         await svc.stop()
+
+
+async def test_the_pipeline_stops_at_any_phase_of_a_frame(models_dir, vtest, tmp_path):
+    """Stopping cancels the consumer wherever it waits (for a frame, for a frame's stages, for the
+    next frame while one is analysed): every stop ends, swept over random phases of a live source."""
+    import random
+
+    rng = random.Random(11)
+    over = {"privacy": {"audit_log": str(tmp_path / "audit.jsonl")}, "camera": {"pacing": "realtime"}}
+    for i in range(20):
+        svc, _token = await build_service(sim_config(over), token_env={"CUECAM_API_TOKEN": TOKEN})
+        await svc.start()
+        await until(lambda s=svc: s.pipeline.stats.frames_processed >= 1, 30, 0.005)
+        await asyncio.sleep(rng.random() * 0.2)  # anywhere within the next two frames
+        t0 = time.monotonic()
+        await asyncio.wait_for(svc.stop(), 15)
+        assert time.monotonic() - t0 < 15, f"stop {i}"
+        assert svc.pipeline_task is not None and svc.pipeline_task.done()
