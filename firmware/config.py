@@ -117,8 +117,14 @@ CameraConfig = Annotated[
 
 class DetectorConfig(_Strict):
     model: str = Field(default="ssd_mobilenet_v1", min_length=1, max_length=128)
-    score_threshold: float = Field(default=0.5, gt=0, le=1)
-    max_detections: int = Field(default=10, ge=1, le=100)
+    # The lowest score the detector reports. Low on purpose: which candidates become people is the
+    # tracker's decision (tracking.high_score, low_score, new_track_score), and a shopper standing
+    # still often scores 0.3-0.5. Must not exceed tracking.low_score.
+    score_threshold: float = Field(default=0.25, gt=0, le=1)
+    max_detections: int = Field(default=100, ge=1, le=300)  # per frame, best first (more: `capped`)
+    nms_iou: float | None = Field(default=None, ge=0.1, le=0.95)  # None: the model's own NMS threshold
+    # Boxes wider than this many times their height (in pixels) are not one standing person.
+    max_aspect: float = Field(default=1.2, gt=0.1, le=10)
 
 
 def cpu_cores() -> int:
@@ -267,10 +273,24 @@ class GroundPlaneConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    max_lost_s: float = Field(default=2.0, gt=0, le=10)
-    min_age_s: float = Field(default=0.3, ge=0, le=5)
-    high_score: float = Field(default=0.5, gt=0, le=1)
-    low_score: float = Field(default=0.3, gt=0, le=1)
+    """ByteTrack-style association; every threshold is a detector score, every span in seconds."""
+
+    high_score: float = Field(default=0.5, gt=0, le=1)  # at or above: first association
+    low_score: float = Field(default=0.25, gt=0, le=1)  # low..high: only keeps existing tracks alive
+    new_track_score: float = Field(default=0.6, gt=0, le=1)  # an unmatched box this good starts a track
+    min_hits: int = Field(default=3, ge=1, le=50)  # matches before a new track is reported...
+    min_age_s: float = Field(default=0.3, ge=0, le=5)  # ...spanning at least this long...
+    confirm_within_s: float = Field(default=1.5, gt=0, le=10)  # ...within this long of its first box
+    max_lost_s: float = Field(default=3.0, gt=0, le=10)  # a lost person can be picked up again this long
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TrackingConfig:
+        if not self.low_score <= self.high_score <= self.new_track_score:
+            raise ValueError(f"scores must be ordered low_score <= high_score <= new_track_score, not "
+                             f"{self.low_score:g}, {self.high_score:g}, {self.new_track_score:g}")
+        if self.min_age_s > self.confirm_within_s:
+            raise ValueError(f"min_age_s ({self.min_age_s:g}) cannot exceed confirm_within_s ({self.confirm_within_s:g})")
+        return self
 
 
 class SignalsConfig(_Strict):
@@ -435,6 +455,17 @@ class Config(_Strict):
     ota: OtaConfig = OtaConfig()
     health: HealthConfig = HealthConfig()
     thermal: ThermalConfig = ThermalConfig()
+
+    @field_validator("tracking")
+    @classmethod
+    def _detector_feeds_tracker(cls, v: TrackingConfig, info: Any) -> TrackingConfig:
+        inference = info.data.get("inference")
+        floor = inference.detector.score_threshold if inference is not None else None
+        if floor is not None and floor > v.low_score:
+            raise ValueError(f"tracking.low_score {v.low_score:g} is below inference.detector.score_threshold "
+                             f"{floor:g}: the detector would drop the weak boxes that keep a still person tracked; "
+                             f"lower score_threshold to at most {v.low_score:g}")
+        return v
 
     @model_validator(mode="after")
     def _unique_zones(self) -> Config:

@@ -30,7 +30,8 @@ def create_detector(cfg: InferenceConfig, models_dir: Path, manifest: Manifest) 
     target = DETECTORS.get(model.entry.decoder)
     if target is None:
         raise ModelError(f"model {model.key!r} uses decoder {model.entry.decoder!r}; known: {', '.join(DETECTORS)}")
-    module, cls = target.split(":")
-    runner = ModelRunner(model, runtime=cfg.runtime, num_threads=cfg.num_threads, delegate=cfg.delegate)
-    detector: Detector = getattr(importlib.import_module(module), cls)(runner, cfg.detector)
-    return detector
+    module, name = target.split(":")
+    cls: type[Detector] = getattr(importlib.import_module(module), name)
+    content = cls.prepare(model.path.read_bytes(), str(model.path))
+    runner = ModelRunner(model, runtime=cfg.runtime, num_threads=cfg.num_threads, delegate=cfg.delegate, content=content)
+    return cls(runner, cfg.detector)

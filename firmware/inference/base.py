@@ -1,5 +1,10 @@
-"""The detector interface: the base class owns ``detect`` (checks, resize, timing); a backend
-implements ``_decode`` for its model's output format. Detections carry boxes, never pixels."""
+"""The detector interface: the base class owns ``detect`` (checks, resize, timing, the plausibility
+filter and the detection cap that every backend shares); a backend implements ``_decode`` for its
+model's outputs. Detections carry boxes, never pixels.
+
+A detector reports every person candidate down to ``score_threshold`` (low, ~0.25): which of
+them become tracks is the tracker's decision (ByteTrack's two score stages), not the detector's.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +25,18 @@ class Detections:
 
     boxes: np.ndarray  # float32 (n, 4)
     scores: np.ndarray  # float32 (n,)
-    capped: bool  # the model's output limit was reached: there may be more people than boxes
+    capped: bool  # more candidates than max_detections: there may be more people than boxes
     infer_ms: float  # preprocessing + model invoke + decoding, milliseconds
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    def above(self, score: float) -> int:
+        """How many boxes score at least ``score`` (e.g. the people a confident detector sees)."""
+        return int(np.count_nonzero(self.scores >= score))
+
+    def subset(self, keep: np.ndarray) -> Detections:
+        return Detections(self.boxes[keep], self.scores[keep], self.capped, self.infer_ms)
 
 
 class Detector(ABC):
@@ -34,6 +46,12 @@ class Detector(ABC):
         self.runner = runner
         self.cfg = cfg
         self._check_outputs()
+
+    @classmethod
+    def prepare(cls, data: bytes, where: str) -> bytes | None:
+        """The model bytes this decoder needs loaded (e.g. with re-pointed graph outputs), or None
+        to load the file as it is. ``where`` names the file for errors."""
+        return None
 
     @property
     def name(self) -> str:
@@ -46,13 +64,30 @@ class Detector(ABC):
         t0 = time.perf_counter()
         w, h = self.runner.input_size
         x = image if image.shape[:2] == (h, w) else cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-        boxes, scores, capped = self._decode(self.runner.run(x))
-        return Detections(boxes, scores, capped, (time.perf_counter() - t0) * 1000.0)
+        self.runner.invoke(x)
+        boxes, scores = self._decode()
+        boxes, scores = self._plausible(boxes, scores, image.shape[1] / image.shape[0])
+        order = np.argsort(-scores, kind="stable")
+        capped = len(order) > self.cfg.max_detections
+        order = order[: self.cfg.max_detections]
+        return Detections(boxes[order], scores[order], capped, (time.perf_counter() - t0) * 1000.0)
+
+    def _plausible(self, boxes: np.ndarray, scores: np.ndarray, frame_aspect: float) -> tuple[np.ndarray, np.ndarray]:
+        """Clip to the frame and drop empty boxes and boxes too wide to be a person: SSD fires its
+        largest anchors on whole groups of people (on vtest.avi, 'person' boxes 0.9 of the frame
+        wide at scores up to 0.5)."""
+        b = np.clip(boxes, 0.0, 1.0).astype(np.float32)
+        bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        ok = (bw > 0) & (bh > 0) & (scores >= self.cfg.score_threshold)
+        ok &= bw * frame_aspect <= self.cfg.max_aspect * bh  # width/height in pixels
+        return b[ok], scores[ok].astype(np.float32)
 
     @abstractmethod
     def _check_outputs(self) -> None:
         """Raise ModelError when the model's outputs are not what this decoder reads."""
 
     @abstractmethod
-    def _decode(self, outputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, bool]:
-        """Turn raw outputs into (boxes (n,4) x0,y0,x1,y1 normalized, scores (n,), capped)."""
+    def _decode(self) -> tuple[np.ndarray, np.ndarray]:
+        """The person candidates of the last invoke: boxes (n, 4) x0, y0, x1, y1 normalized to the
+        frame and their scores (n,), overlapping duplicates already suppressed. The base class
+        applies score_threshold, the plausibility filter and max_detections."""

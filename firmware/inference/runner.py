@@ -73,8 +73,12 @@ class ModelRunner:
         num_threads: int = 2,
         delegate: str = "cpu",
         load_delegate: Callable[[str], Any] | None = None,
+        content: bytes | None = None,
     ) -> None:
+        """``content``: the model's bytes as a decoder prepared them (e.g. with its graph outputs
+        re-pointed, see tflite_graph); by default the verified file at ``model.path`` is loaded."""
         self.model = model
+        self._content = content  # the interpreter reads from this buffer: keep it alive
         self.delegate = delegate
         self.runtime, mod = import_runtime(runtime)
         delegates = []
@@ -97,9 +101,8 @@ class ModelRunner:
                     "or use a board config without `delegate: edgetpu`"
                 ) from e
         try:
-            self._interp = mod.Interpreter(
-                model_path=str(model.path), num_threads=num_threads, experimental_delegates=delegates or None
-            )
+            source = {"model_path": str(model.path)} if content is None else {"model_content": content}
+            self._interp = mod.Interpreter(**source, num_threads=num_threads, experimental_delegates=delegates or None)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelError(f"{model.path}: {self.runtime} cannot load this model: {e}") from e
@@ -121,18 +124,42 @@ class ModelRunner:
         self._lut = _input_lut(dtype, float(scale), int(zp), spec.range[0], spec.range[1])
         self.outputs = self._interp.get_output_details()
 
-    def run(self, pixels: np.ndarray) -> list[np.ndarray]:
-        """Invoke on an RGB uint8 image already resized to the model input; dequantized outputs."""
+    def invoke(self, pixels: np.ndarray) -> None:
+        """Run the model on an RGB uint8 image already resized to the model input."""
         if pixels.dtype != np.uint8 or pixels.shape != self.input_shape[1:]:
             raise ValueError(f"expected uint8 {self.input_shape[1:]}, got {pixels.dtype} {pixels.shape}")
         x = pixels if self._lut is None else self._lut[pixels]
         self._interp.set_tensor(self._in["index"], x[np.newaxis])
         self._interp.invoke()
-        outs = []
-        for d in self.outputs:
-            t = self._interp.get_tensor(d["index"])
-            scale, zp = d["quantization"]
-            if scale:
-                t = (t.astype(np.float32) - zp) * np.float32(scale)
-            outs.append(t)
-        return outs
+
+    def raw_output(self, i: int) -> np.ndarray:
+        """Output ``i`` of the last invoke as stored (quantized models: integers; its scale and
+        zero point are in ``outputs[i]["quantization"]``). A copy, valid after the next invoke."""
+        out: np.ndarray = self._interp.get_tensor(self.outputs[i]["index"])
+        return out
+
+    def tensor(self, index: int) -> tuple[np.ndarray, tuple[float, int]]:
+        """A copy of a constant tensor (e.g. SSD anchors) by index, with its (scale, zero point)."""
+        details = next((d for d in self._interp.get_tensor_details() if d["index"] == index), None)
+        if details is None:
+            raise ModelError(f"{self.model.path}: no tensor {index}")
+        out: np.ndarray = self._interp.get_tensor(index)
+        return out, details["quantization"]
+
+    @property
+    def content(self) -> bytes | None:
+        """The bytes the interpreter was built from, when not the file itself."""
+        return self._content
+
+    def run(self, pixels: np.ndarray) -> list[np.ndarray]:
+        """Invoke on an RGB uint8 image already resized to the model input; dequantized outputs."""
+        self.invoke(pixels)
+        return [dequantize(self.raw_output(i), d["quantization"]) for i, d in enumerate(self.outputs)]
+
+
+def dequantize(t: np.ndarray, quantization: tuple[float, int]) -> np.ndarray:
+    """Real values of a tensor stored with (scale, zero point); float tensors (scale 0) as they are."""
+    scale, zp = quantization
+    if not scale:
+        return t
+    return (t.astype(np.float32) - zp) * np.float32(scale)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import Config
+from ..config import Config, TrackingConfig
 from ..inference import Detections, Detector
 from ..inference.pose import PoseEstimator
 from ..tracking.tracker import Track, Tracker, TrackerConfig
@@ -31,15 +31,19 @@ class FrameResult:
     tracked: tuple[Track, ...] = ()  # the confirmed tracks of this frame (boxes and random ids only)
 
 
+def tracker_config(t: TrackingConfig) -> TrackerConfig:
+    """The tracker's settings from the board config's tracking section."""
+    return TrackerConfig(high_score=t.high_score, low_score=t.low_score, new_track_score=t.new_track_score,
+                         min_hits=t.min_hits, min_age_s=t.min_age_s, confirm_within_s=t.confirm_within_s,
+                         max_lost_s=t.max_lost_s)
+
+
 class FrameAnalyzer:
     def __init__(self, cfg: Config, detector: Detector | None, pose: PoseEstimator | None) -> None:
         self.cfg = cfg
         self.detector = detector
         self.pose = pose if cfg.signals.pose != "off" else None
-        t = cfg.tracking
-        self.tracker = Tracker(TrackerConfig(high_score=max(t.high_score, cfg.inference.detector.score_threshold),
-                                             low_score=min(t.low_score, t.high_score), max_lost_s=t.max_lost_s,
-                                             min_age_s=t.min_age_s))
+        self.tracker = Tracker(tracker_config(cfg.tracking))
         self.engine: SignalEngine | None = None  # built at the first frame, when its size is known
         self._size: tuple[int, int] | None = None
 
@@ -77,7 +81,7 @@ class FrameAnalyzer:
             feet = np.stack([(dets.boxes[:, 0] + dets.boxes[:, 2]) / 2 * w, dets.boxes[:, 3] * h], axis=1)
             keep = np.array([not self.engine.zones.in_excluded(p) for p in feet], dtype=bool)
             if not keep.all():
-                dets = Detections(dets.boxes[keep], dets.scores[keep], dets.capped, dets.infer_ms)
+                dets = dets.subset(keep)
         tracks = self.tracker.update(dets.boxes * scale, dets.scores, t)
         invokes = 0
         if self.pose is not None and tracks:

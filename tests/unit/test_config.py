@@ -73,7 +73,7 @@ def test_sim_config_values_and_relative_paths() -> None:
     assert cfg.camera.type == "replay"
     assert cfg.camera.loop is True
     assert cfg.inference.detector.model == "ssd_mobilenet_v1"
-    assert cfg.inference.detector.score_threshold == 0.5
+    assert cfg.inference.detector.score_threshold == 0.25
     assert cfg.buffer.capacity == 6000
     assert cfg.api.host == "127.0.0.1"
     assert cfg.api.port == 8080
@@ -91,7 +91,7 @@ def test_defaults_fill_omitted_sections(tmp_path: Path) -> None:
     assert cfg.inference.threads == "auto"
     cores = len(os.sched_getaffinity(0))
     assert cfg.inference.num_threads == (cores - 1 if cores >= 4 else cores)
-    assert cfg.inference.detector.max_detections == 10
+    assert cfg.inference.detector.max_detections == 100
     assert cfg.buffer.capacity == 6000
     assert cfg.api.host == "127.0.0.1"
 
@@ -140,7 +140,7 @@ CORPUS: dict[str, Case] = {
     "unknown-nested-key": (edit("  source:", "  sourse:"), "sourse:", "camera.sourse", "unknown key"),
     "typo-inference-detector": (edit("  detector:", "  detecter:"), "detecter:", "inference.detecter", "unknown key"),
     "typo-inside-detector": (
-        edit("score_threshold: 0.5", "score_treshold: 0.5"),
+        edit("score_threshold: 0.25", "score_treshold: 0.25"),
         "score_treshold",
         "inference.detector.score_treshold",
         "unknown key",
@@ -159,7 +159,7 @@ CORPUS: dict[str, Case] = {
     "port-out-of-range": (edit("port: 8080", "port: 70000"), "port: 70000", "api.port", "less than or equal to 65535"),
     "threads-zero": (edit("threads: 2", "threads: 0"), "threads: 0", "inference.threads", "greater than or equal to 1"),
     "score-threshold-above-one": (
-        edit("score_threshold: 0.5", "score_threshold: 1.5"),
+        edit("score_threshold: 0.25", "score_threshold: 1.5"),
         "score_threshold: 1.5",
         "inference.detector.score_threshold",
         "less than or equal to 1",
