@@ -125,6 +125,9 @@ class DetectorConfig(_Strict):
     nms_iou: float | None = Field(default=None, ge=0.1, le=0.95)  # None: the model's own NMS threshold
     # Boxes wider than this many times their height (in pixels) are not one standing person.
     max_aspect: float = Field(default=1.2, gt=0.1, le=10)
+    # Two boxes nested this much (of the smaller one's area) are one person: the better one stays
+    # (SSD adds boxes on a torso or legs, or loosely around someone, beside the box on them).
+    max_contained: float = Field(default=0.8, gt=0.3, le=1)
 
 
 def cpu_cores() -> int:

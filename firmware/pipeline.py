@@ -399,7 +399,7 @@ class Pipeline:
             self.stats.frames_discarded += 1
             return
         dets = res.detections
-        n = len(dets)
+        n = res.tracks  # people: confirmed tracks (the detections are candidates down to a low score)
         wall = self._wall()
         now = self._clock()
         for v in res.vectors:

@@ -49,6 +49,7 @@ MAX_SOURCE_PIXELS = 64 * 1024 * 1024  # a photo or video frame a sprite or backg
 SPRITE_MAX_HEIGHT = 480  # cut-outs are kept at most this tall (they are drawn smaller)
 MEDIAN_MAX_FRAMES = 101
 CACHE_ENTRIES = 64
+SPRITE_PERSON_SCORE = 0.5  # `person: N` counts the people the detector finds at this score or above
 SCENES_DIR = Path(__file__).resolve().parent / "scenes"
 
 Coord = Annotated[float, Field(ge=-1.0, le=2.0)]
@@ -213,7 +214,7 @@ _default_detector: list[Detector] = []
 
 
 def default_detector() -> Detector:
-    """The SSD person detector from the package's models folder (score 0.5), built once per process."""
+    """The SSD person detector from the package's models folder, built once per process."""
     if not _default_detector:
         from ..inference import create_detector
         from ..models import DEFAULT_MANIFEST, load_manifest
@@ -311,7 +312,8 @@ def detect_people(image_path: Path, detector_factory: DetectorFactory) -> np.nda
         img = _read_image(image_path)
         h, w = img.shape[:2]
         det = detector_factory().detect(img)
-        boxes = det.boxes.astype(np.float64) * [w, h, w, h]
+        # the people a photo shows, not every candidate the detector reports down to a low score
+        boxes = det.boxes[det.scores >= SPRITE_PERSON_SCORE].astype(np.float64) * [w, h, w, h]
         return boxes[np.argsort((boxes[:, 0] + boxes[:, 2]) / 2, kind="stable")]
 
     out: np.ndarray = _cached(("people", *_file_key(image_path)), build)

@@ -39,6 +39,27 @@ class Detections:
         return Detections(self.boxes[keep], self.scores[keep], self.capped, self.infer_ms)
 
 
+def _not_contained(boxes: np.ndarray, limit: float) -> np.ndarray:
+    """Indices of boxes (sorted best first) that neither lie inside a better kept box nor hold
+    one, for ``limit`` or more of the smaller box's area: SSD often adds a box on a person's
+    torso or legs, or a loose box around them, beside the box on the whole person, and
+    overlap-based NMS keeps such pairs (their IoU is only the ratio of the areas)."""
+    n = len(boxes)
+    if n < 2:
+        return np.arange(n)
+    x0 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y0 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x1 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    y1 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    nested = inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-12) >= limit
+    keep = np.ones(n, dtype=bool)
+    for j in range(1, n):
+        keep[j] = not (nested[:j, j] & keep[:j]).any()
+    return np.flatnonzero(keep)
+
+
 class Detector(ABC):
     """A person detector around one ModelRunner; used from a single worker thread."""
 
@@ -68,6 +89,7 @@ class Detector(ABC):
         boxes, scores = self._decode()
         boxes, scores = self._plausible(boxes, scores, image.shape[1] / image.shape[0])
         order = np.argsort(-scores, kind="stable")
+        order = order[_not_contained(boxes[order], self.cfg.max_contained)]
         capped = len(order) > self.cfg.max_detections
         order = order[: self.cfg.max_detections]
         return Detections(boxes[order], scores[order], capped, (time.perf_counter() - t0) * 1000.0)

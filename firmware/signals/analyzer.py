@@ -82,7 +82,7 @@ class FrameAnalyzer:
             keep = np.array([not self.engine.zones.in_excluded(p) for p in feet], dtype=bool)
             if not keep.all():
                 dets = dets.subset(keep)
-        tracks = self.tracker.update(dets.boxes * scale, dets.scores, t)
+        tracks = self.tracker.update(dets.boxes * scale, dets.scores, t, (w, h))
         invokes = 0
         if self.pose is not None and tracks:
             chosen = self.engine.pose_candidates(tracks, t, self.cfg.signals.pose_budget)

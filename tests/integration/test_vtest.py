@@ -1,5 +1,6 @@
 """The whole pipeline on vtest.avi with the real SSD model, checked against the model run
-directly (the runtime's own Interpreter, not cuecam's runner) on the same frames."""
+directly (the runtime's own Interpreter and the model's own post-processing op, not cuecam's
+runner or decoding) on the same frames."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import pytest
 
 from firmware.app import build_service
 from firmware.inference.runner import import_runtime
+from firmware.tracking.tracker import iou_matrix
 from tests.conftest import sim_config
 
 N_FRAMES = 120
 
 
-FRAME_DTYPE = np.dtype([("frame_id", "u8"), ("t_mono", "f8"), ("count", "u2"), ("boxes", "f4", (10, 4)),
-                        ("scores", "f4", (10,))])
+MAX_BOXES = 100
+FRAME_DTYPE = np.dtype([("frame_id", "u8"), ("t_mono", "f8"), ("count", "u2"), ("boxes", "f4", (MAX_BOXES, 4)),
+                        ("scores", "f4", (MAX_BOXES,)), ("tracks", "u2")])
 
 
 async def _run_service(n_frames: int):
@@ -30,8 +33,8 @@ async def _run_service(n_frames: int):
     def observe(frame_id: int, t_mono: float, res) -> None:  # the in-process observer hook
         rec = np.zeros((), FRAME_DTYPE)
         n = len(res.detections)
-        rec["frame_id"], rec["t_mono"], rec["count"] = frame_id, t_mono, n
-        rec["boxes"][:n], rec["scores"][:n] = res.detections.boxes[:10], res.detections.scores[:10]
+        rec["frame_id"], rec["t_mono"], rec["count"], rec["tracks"] = frame_id, t_mono, n, res.tracks
+        rec["boxes"][:n], rec["scores"][:n] = res.detections.boxes[:MAX_BOXES], res.detections.scores[:MAX_BOXES]
         seen.append(rec)
 
     svc.pipeline.observers.append(observe)
@@ -51,7 +54,8 @@ def processed(models_dir, vtest):
 
 
 def _direct_people(frames: list[np.ndarray], threshold: float) -> list[np.ndarray]:
-    """Person boxes straight from the interpreter: no cuecam code in the loop."""
+    """Person boxes straight from the interpreter and the model's own post-processing op (10
+    boxes at most, over all classes): no cuecam code in the loop."""
     _, mod = import_runtime("auto")
     it = mod.Interpreter(model_path="models/coco_ssd_mobilenet_v1_1.0_quant_2018_06_29.tflite", num_threads=2)
     it.allocate_tensors()
@@ -82,29 +86,40 @@ def test_pipeline_matches_the_model_run_directly(processed):
     cap = cv2.VideoCapture("media/vtest.avi")
     frames = [cap.read()[1] for _ in range(N_FRAMES)]
     cap.release()
-    direct = _direct_people(frames, svc.config.inference.detector.score_threshold)
+    direct = _direct_people(frames, 0.5)
     counts = recs["count"].astype(int)
-    assert list(counts) == [len(d) for d in direct]
+    assert (counts <= svc.config.inference.detector.max_detections).all()
+    h, w = frames[0].shape[:2]
     for r, d in zip(recs, direct, strict=False):
-        got = np.sort(r["boxes"][: r["count"]], axis=0)
-        want = np.sort(np.clip(d, 0, 1), axis=0)
-        assert np.allclose(got, want, atol=1e-5)
+        # every person the model's own op finds at 0.5 is among ours (the op also returns boxes
+        # wider than a person, which we drop, and never more than 10 boxes, which we do not cap)
+        d = np.clip(d, 0, 1)
+        d = d[(d[:, 2] - d[:, 0]) * w <= svc.config.inference.detector.max_aspect * (d[:, 3] - d[:, 1]) * h]
+        ours = r["boxes"][: r["count"]][r["scores"][: r["count"]] >= 0.5]
+        assert len(ours) >= len(d)
+        if len(d):
+            assert iou_matrix(d.astype(np.float64), ours.astype(np.float64)).max(axis=1).min() >= 0.99
 
 
 def test_the_detector_sees_the_people_in_the_plaza(processed):
-    _, recs = processed
-    counts = recs["count"].astype(int)
-    heights = np.concatenate([(r["boxes"][: r["count"], 3] - r["boxes"][: r["count"], 1]) * 576 for r in recs])
+    svc, recs = processed
+    floor = svc.config.inference.detector.score_threshold
+    counts = np.array([(r["scores"][: r["count"]] >= 0.5).sum() for r in recs])
+    heights = np.concatenate([(r["boxes"][: r["count"], 3] - r["boxes"][: r["count"], 1])[r["scores"][: r["count"]] >= 0.5]
+                              * 576 for r in recs])
     # people-sized boxes: median ~71 px tall on this footage (../shared/SIGNALS-BACKGROUND.md)
     assert 50 <= np.median(heights) <= 100 and heights.max() < 300
     # vtest.avi: 3-9 people per frame at score 0.5 (../shared/ASSETS.md)
     assert (counts >= 2).mean() >= 0.9
     assert 3 <= counts.mean() <= 9
+    # the tracker reports people, not every candidate: about as many as confident boxes
+    tracks = recs["tracks"].astype(int)
+    assert 2 <= tracks[20:].mean() <= 9
     for r in recs:
         b = r["boxes"][: r["count"]]
         assert ((b >= 0) & (b <= 1)).all()
         assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
-        assert (r["scores"][: r["count"]] >= 0.5).all() and (r["scores"][r["count"] :] == 0).all()
+        assert (r["scores"][: r["count"]] >= floor).all() and (r["scores"][r["count"] :] == 0).all()
 
 
 async def _run_signals():
