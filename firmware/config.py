@@ -127,7 +127,7 @@ class DetectorConfig(_Strict):
     max_aspect: float = Field(default=1.2, gt=0.1, le=10)
     # Two boxes nested this much (of the smaller one's area) are one person: the better one stays
     # (SSD adds boxes on a torso or legs, or loosely around someone, beside the box on them).
-    max_contained: float = Field(default=0.8, gt=0.3, le=1)
+    max_contained: float | None = Field(default=0.8, gt=0.3, le=1)  # None: keep nested boxes
 
 
 def cpu_cores() -> int:

@@ -89,7 +89,8 @@ class Detector(ABC):
         boxes, scores = self._decode()
         boxes, scores = self._plausible(boxes, scores, image.shape[1] / image.shape[0])
         order = np.argsort(-scores, kind="stable")
-        order = order[_not_contained(boxes[order], self.cfg.max_contained)]
+        if self.cfg.max_contained is not None:
+            order = order[_not_contained(boxes[order], self.cfg.max_contained)]
         capped = len(order) > self.cfg.max_detections
         order = order[: self.cfg.max_detections]
         return Detections(boxes[order], scores[order], capped, (time.perf_counter() - t0) * 1000.0)

@@ -62,8 +62,10 @@ def library(name: str) -> Run:
             tracker = trackers.ByteTrackTracker(lost_track_buffer=buffer, frame_rate=fps, track_activation_threshold=NEW,
                                                 minimum_consecutive_frames=HITS, high_conf_det_threshold=HIGH)
         elif name == "ocsort":
+            # OC-SORT has no weak-box stage: boxes under its threshold are neither matched nor start
+            # tracks. Given every candidate (LOW) it scores far better here than at HIGH
             tracker = trackers.OCSORTTracker(lost_track_buffer=buffer, frame_rate=fps, minimum_consecutive_frames=HITS,
-                                             high_conf_det_threshold=HIGH)
+                                             high_conf_det_threshold=LOW)
         else:
             tracker = trackers.SORTTracker(lost_track_buffer=buffer, frame_rate=fps, track_activation_threshold=NEW,
                                            minimum_consecutive_frames=HITS)

@@ -2,7 +2,8 @@
 pair is its own) finds the same optimum as scipy's linear_sum_assignment: the maximum of
 sum(sim - min_sim) over allowed pairs (ByteTrack's cost 1 - sim with the unmatched cost at
 1 - min_sim), for every allowed pair however low, negative similarities included, with gated
-(-inf) pairs and per-column minimums never matched."""
+(-inf) pairs never matched, and a per-row handicap (bias) that changes who wins a contested
+column but never whether an allowed pair can be matched."""
 
 from __future__ import annotations
 
@@ -27,11 +28,15 @@ def test_same_optimum_as_scipy(seed: int, min_score: float) -> None:
     n, m = int(rng.integers(0, 9)), int(rng.integers(0, 9))
     score = rng.uniform(-1.0, 1.0, size=(n, m))
     score[rng.random((n, m)) < 0.3] = -np.inf  # gated pairs
-    col_min = rng.choice([min_score, min_score + 0.2], size=m) if seed % 2 else None
-    allowed = np.isfinite(score) & (score >= (min_score if col_min is None else col_min[None, :]))
-    pairs, un_t, un_d = _assign(score, min_score, col_min=col_min)
-    want = _scipy_assign(score, allowed, min_score) if n and m else []
-    assert sum(score[r, c] - min_score for r, c in pairs) == pytest.approx(sum(score[r, c] - min_score for r, c in want))
+    bias = -rng.choice([0.0, 0.1], size=n) if seed % 2 and n else None
+    allowed = np.isfinite(score) & (score >= min_score)
+    pairs, un_t, un_d = _assign(score, min_score, bias=bias)
+    # with a bias, the optimum is that of sim + bias over the same allowed pairs, every allowed
+    # pair weighing at least 0 (the floor moves down with the largest handicap)
+    ranked = score if bias is None else score + bias[:, None]
+    floor = min_score if bias is None else min_score + float(bias.min())
+    want = _scipy_assign(ranked, allowed, floor) if n and m else []
+    assert sum(ranked[r, c] - floor for r, c in pairs) == pytest.approx(sum(ranked[r, c] - floor for r, c in want))
     assert sorted(un_t + [r for r, _ in pairs]) == list(range(n))
     assert sorted(un_d + [c for _, c in pairs]) == list(range(m))
     assert all(allowed[r, c] for r, c in pairs)
