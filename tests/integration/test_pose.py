@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from firmware.config import InferenceConfig
+from firmware.config import DetectorConfig, InferenceConfig
 from firmware.errors import ModelError
 from firmware.inference import create_detector
 from firmware.inference.pose import create_pose_estimator
@@ -31,7 +31,8 @@ def manifest(models_dir):
 
 @pytest.fixture(scope="module")
 def detector(manifest, models_dir):
-    return create_detector(InferenceConfig(), models_dir, manifest)
+    """The SSD person detector reporting people (0.5 and up), not every candidate the tracker gets."""
+    return create_detector(InferenceConfig(detector=DetectorConfig(score_threshold=0.5)), models_dir, manifest)
 
 
 @pytest.fixture(scope="module")
