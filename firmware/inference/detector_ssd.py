@@ -37,7 +37,9 @@ class SsdDetector(Detector):
     @classmethod
     def prepare(cls, data: bytes, where: str) -> bytes | None:
         graph = TfliteGraph(data, where)
-        op = _postprocess(graph)
+        op = graph.custom_op(POSTPROCESS_OP)
+        if op is None or len(op.inputs) != 3:
+            return None  # loaded as it is: the runner's input check, then _check_outputs, say what is wrong
         return graph.with_outputs((op.inputs[0], op.inputs[1], *graph.outputs[2:]))
 
     def _check_outputs(self) -> None:
