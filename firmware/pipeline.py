@@ -97,7 +97,8 @@ class PipelineStats:
     frames_with_people: int = 0
     frames_discarded: int = 0  # dropped unanalysed, or their results thrown away, by an opt-out
     frames_closed: int = 0  # dropped before detection during closed hours (staff only)
-    people_last_frame: int = 0
+    people_last_frame: int = 0  # confident detections (tracking.high_score and above)
+    tracked_last_frame: int = 0  # confirmed tracks matched
     state: str = "starting"  # starting | running | restarting | ended | error | stopped
     error: str | None = None
     # In state error, what stopped the pipeline: the camera (no restart policy), the model (it kept
@@ -399,7 +400,7 @@ class Pipeline:
             self.stats.frames_discarded += 1
             return
         dets = res.detections
-        n = res.tracks  # people: confirmed tracks (the detections are candidates down to a low score)
+        n = res.confident  # people the detector is sure of (its boxes are candidates down to a low score)
         wall = self._wall()
         now = self._clock()
         for v in res.vectors:
@@ -418,6 +419,7 @@ class Pipeline:
         st.infer_seconds.observe(dets.infer_ms / 1000.0)
         st.processed_at.append(now)
         st.people_last_frame = n
+        st.tracked_last_frame = res.tracks
         if n:
             st.frames_with_people += 1
             if st.first_detection is None:

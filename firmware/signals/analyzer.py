@@ -29,6 +29,7 @@ class FrameResult:
     total_ms: float  # everything in process()
     pose_invokes: int
     tracked: tuple[Track, ...] = ()  # the confirmed tracks of this frame (boxes and random ids only)
+    confident: int = 0  # detections at or above tracking.high_score (people the detector is sure of)
 
 
 def tracker_config(t: TrackingConfig) -> TrackerConfig:
@@ -96,4 +97,4 @@ class FrameAnalyzer:
                     self.engine.set_facing(tr.tid, t, facing, conf)
         vectors = self.engine.step(t, tracks, self.tracker.ended, dets.capped)
         return FrameResult(dets, vectors, len(tracks), model_ms, before + (time.perf_counter() - t0) * 1000.0, invokes,
-                           tuple(tracks))
+                           tuple(tracks), dets.above(self.tracker.cfg.high_score))

@@ -3,6 +3,7 @@ analyzer hands out of the inference thread, and the ring buffer's record type.""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from typing import Any
@@ -16,7 +17,7 @@ from firmware.http.app import ROUTES
 from firmware.signals.analyzer import FrameResult
 from firmware.signals.engine import Vector
 from firmware.signals.schema import VECTOR_DTYPE
-from firmware.tracking.tracker import KalmanBox, Track
+from firmware.tracking.tracker import KalmanBank, KalmanBox, Track
 from tests.conftest import VTEST, sim_config
 from tests.integration.test_privacy import AUTH, TOKEN, _client, _until
 
@@ -136,7 +137,7 @@ def _walk(obj: Any, where: str, seen: set[int], out: list[str], counts: dict[str
         extra = set(getattr(obj, "__dict__", {})) - {f.name for f in dataclasses.fields(obj)}
         for name in sorted(extra):
             _walk(getattr(obj, name), f"{where}.{name}", seen, out, counts)
-    elif isinstance(obj, tuple | list):
+    elif isinstance(obj, tuple | list | collections.deque):
         for i, item in enumerate(obj):
             _walk(item, f"{where}[{i}]", seen, out, counts)
     elif isinstance(obj, dict):
@@ -146,6 +147,10 @@ def _walk(obj: Any, where: str, seen: set[int], out: list[str], counts: dict[str
     elif isinstance(obj, KalmanBox):
         for name, v in vars(obj).items():
             _walk(v, f"{where}.{name}", seen, out, counts)
+    elif isinstance(obj, KalmanBank):  # every track's filter state: 20 floats a row, nothing else
+        st = obj.state
+        if st.dtype != np.float64 or st.ndim != 2 or st.shape[1] != 20 or set(vars(obj)) != {"state", "_free"}:
+            out.append(f"{where}: a filter bank holding {st.dtype} {st.shape} and {sorted(vars(obj))}")
     else:  # anything else is unexpected in a result: it could hold a reference to the frame
         out.append(f"{where}: unexpected {type(obj).__module__}.{type(obj).__qualname__}")
 
