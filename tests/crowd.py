@@ -22,6 +22,7 @@ nor counts against it when it does.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ def _walk(points: list[tuple[float, float]], t0: float, speed_bh_s: float,
     ``stops[i]`` seconds at point i."""
     rows = [(t0, *points[0])]
     t = t0
-    for i, (a, b) in enumerate(zip(points, points[1:], strict=False)):
+    for i, (a, b) in enumerate(itertools.pairwise(points)):
         if stops and i in stops:
             t += stops[i]
             rows.append((t, *a))

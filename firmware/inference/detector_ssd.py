@@ -96,5 +96,7 @@ class SsdDetector(Detector):
         boxes = np.stack([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2], axis=1)
         scores = s[keep].astype(np.float32)
         xywh = np.stack([boxes[:, 0], boxes[:, 1], w, h], axis=1)
-        picked = np.asarray(cv2.dnn.NMSBoxes(xywh, scores, self.cfg.score_threshold, self.nms_iou), dtype=np.int64).reshape(-1)
+        # OpenCV takes arrays where its stubs say sequences
+        nms: Any = cv2.dnn.NMSBoxes
+        picked = np.asarray(nms(xywh, scores, self.cfg.score_threshold, self.nms_iou), dtype=np.int64).reshape(-1)
         return boxes[picked], scores[picked]

@@ -95,7 +95,7 @@ class DetectionNoise:
                 bursts.append((box, left - 1))
         starts = keep & (rng.random(n) < sp.burst)
         lo, hi = sp.burst_frames
-        for j in np.flatnonzero(starts):
+        for j in np.flatnonzero(starts).tolist():
             keep[j] = False
             length = int(rng.integers(lo, hi + 1))
             if length > 1:

@@ -57,7 +57,7 @@ def library(name: str) -> Run:
     import trackers
 
     def run(dets: list[tuple[np.ndarray, np.ndarray]], fps: float) -> list[tuple[np.ndarray, np.ndarray]]:
-        buffer = int(round(LOST_S * 30))  # the library counts the lost buffer in 30-fps frames
+        buffer = round(LOST_S * 30)  # the library counts the lost buffer in 30-fps frames
         if name == "bytetrack":
             tracker = trackers.ByteTrackTracker(lost_track_buffer=buffer, frame_rate=fps, track_activation_threshold=NEW,
                                                 minimum_consecutive_frames=HITS, high_conf_det_threshold=HIGH)
