@@ -23,7 +23,8 @@ ORIENT_TAU_S = 3.0  # oriented time constant: T = 1 - exp(-t / 3 s)
 RADIAL_SCALE_PH_S = 0.3  # approach/avoid = tanh(radial speed / 0.3 PH/s)
 MIN_STAY_S = 2.0  # shorter stays get no dwell satisfaction
 
-EXIT_SCORES = {"calm": 1.0, "truncated": 0.0, "unknown": 0.0, "veer": -0.5, "abrupt": -1.0, "wander": -1.0}
+EXIT_SCORES = {"calm": 1.0, "truncated": 0.0, "unknown": 0.0, "veer": -0.5, "abrupt": -1.0, "wander": -1.0, "pass": 0.0}
+PASS_SLOW_SHARE = 0.2  # a stay with less than this share of its time below SLOW_PH_S was walked through
 
 
 def clip01(x: float) -> float:
@@ -74,8 +75,15 @@ def dwell_satisfaction(dwell_s: float, typical_s: float, exit_pattern: str) -> f
     """Dwell satisfaction Q = 0.5 z + 0.5 x in [−1, 1]; a stay-outcome index, not a feeling.
 
     z = tanh(log2(dwell / typical stay in this zone)): longer than usual > 0, shorter < 0;
-    x = the exit pattern: calm +1, truncated/unknown 0, veer −0.5, abrupt or wander −1."""
+    x = the exit pattern: calm +1, truncated/unknown 0, veer −0.5, abrupt or wander −1.
+    A walk through the zone ("pass": never slowed to a stand) is no stay to judge: Q = 0. A stay
+    cut short by losing the track ("truncated") lasted at least ``dwell_s``: only a z above 0
+    says anything."""
+    if exit_pattern == "pass":
+        return 0.0
     z = math.tanh(math.log2(max(dwell_s, 1e-3) / max(typical_s, 1e-3)))
+    if exit_pattern == "truncated":
+        z = max(z, 0.0)
     return float(min(max(0.5 * z + 0.5 * EXIT_SCORES[exit_pattern], -1.0), 1.0))
 
 
@@ -88,6 +96,23 @@ def lsq_velocity(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     if denom < 1e-9:
         return np.zeros(p.shape[1])
     return (tc @ (p - p.mean(axis=0))) / denom
+
+
+def walked_through(t: np.ndarray, p: np.ndarray, step_s: float = 0.5) -> bool:
+    """True when a path (times t (n,), positions p (n, 2) in PH) spent less than PASS_SLOW_SHARE
+    of its time below SLOW_PH_S, speed measured over steps of at least ``step_s``."""
+    slow = total = 0.0
+    i = 0
+    for j in range(1, len(t)):
+        dt = float(t[j] - t[i])
+        if dt < step_s and j < len(t) - 1:
+            continue
+        if dt > 0:
+            total += dt
+            if float(np.hypot(*(p[j] - p[i]))) / dt < SLOW_PH_S:
+                slow += dt
+        i = j
+    return total > 0 and slow < PASS_SLOW_SHARE * total
 
 
 def straightness(p: np.ndarray) -> tuple[float, float]:

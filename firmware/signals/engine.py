@@ -103,7 +103,7 @@ class Vector:
     exit: int  # index into EXIT_NAMES, 0 when no stay ended in this window
 
 
-EXIT_NAMES = ("none", "calm", "truncated", "veer", "abrupt", "wander")
+EXIT_NAMES = ("none", "calm", "truncated", "veer", "abrupt", "wander", "pass")
 
 
 class TypicalStays:
@@ -224,8 +224,9 @@ class SignalEngine:
                 for stay in list(st.stays.values()):
                     if stay.outside_since is not None:  # they had left; the track ended afterwards
                         self._end_stay(st, stay, stay.outside_since, self._exit_pattern(st, stay, stay.outside_since))
-                    else:
-                        self._end_stay(st, stay, st.samples[-1].t if st.samples else t, "truncated")
+                    else:  # the track ended inside: how they left is unknown, but not what they did
+                        t_end = st.samples[-1].t if st.samples else t
+                        self._end_stay(st, stay, t_end, self._inside_pattern(st, stay, t_end) or "truncated")
         return out
 
     def flush(self) -> list[Vector]:
@@ -269,20 +270,34 @@ class SignalEngine:
             st.last_stay_end, st.last_stay_len = t_exit, dwell
         if dwell >= d.MIN_STAY_S:
             st.ended_stays.append((stay.zone, dwell, pattern))
-            if pattern != "truncated":
+            if pattern not in ("truncated", "pass"):  # a typical stay is a stay, not a walk through
                 self.typical.add(stay.zone, dwell)
 
-    def _exit_pattern(self, st: TrackState, stay: Stay, t_exit: float) -> str:
+    def _inside_pattern(self, st: TrackState, stay: Stay, t_exit: float) -> str | None:
+        """What the path inside the zone alone says, however the stay ended: "wander" (aimless
+        back and forth), "pass" (walked through without standing), else None."""
         inside = [s for s in st.samples if stay.start <= s.t <= t_exit]
+        if len(inside) < 3:
+            return None
+        bh = self._bh(st)
+        p = self.zones.to_units(np.array([s.anchor for s in inside]), bh)
+        ratio, path = d.straightness(p)
+        if ratio < 0.3 and path >= 2.0 and d.reversals(p) >= 2:
+            return "wander"
+        if d.walked_through(np.array([s.t for s in inside]), p):
+            return "pass"
+        return None
+
+    def _exit_pattern(self, st: TrackState, stay: Stay, t_exit: float) -> str:
         after = [s for s in st.samples if s.t > t_exit]
         bh = self._bh(st)
-        if len(inside) >= 3:
-            p = self.zones.to_units(np.array([s.anchor for s in inside]), bh)
-            ratio, path = d.straightness(p)
-            if ratio < 0.3 and path >= 2.0 and d.reversals(p) >= 2:
-                return "wander"
+        seen = self._inside_pattern(st, stay, t_exit)
+        if seen == "wander":
+            return seen
         if t_exit - st.veer_t <= VEER_MEMORY_S:
             return "veer"
+        if seen == "pass":
+            return seen
         if len(after) < 3:
             return "truncated"  # lost (or stepped into an excluded zone) right after leaving: unknown
         if len(after) >= 3:
@@ -508,7 +523,7 @@ class SignalEngine:
         if ended is not None:
             zone, dwell_s, pattern = ended
             sat = d.dwell_satisfaction(dwell_s, self.typical.typical(zone), pattern)
-            sat_conf = 0.5 if pattern == "truncated" else 0.9
+            sat_conf = {"truncated": 0.5, "pass": 0.3}.get(pattern, 0.9)
             exit_code = EXIT_NAMES.index(pattern)
 
         if not valid:

@@ -428,6 +428,51 @@ def test_pacing_inside_the_zone_then_leaving_is_a_wander_exit():
     assert q.satisfaction == pytest.approx(d.dwell_satisfaction(q.dwell_s, DEFAULT_TYPICAL_STAY_S, "wander"), abs=0.05)
 
 
+@pytest.mark.parametrize("end_s", [8.3, 9.0, 9.7])
+def test_pacing_until_the_track_ends_inside_the_zone_is_still_a_wander(end_s):
+    """Back and forth along the display for 8 s, and the track ends there: how they left is
+    unknown, but the pacing was seen, so the stay is a wander, not a truncated one."""
+    path = [(0.0, 300.0, 500.0)]
+    for k in range(1, 5):
+        path.append((2.0 * k, 470.0 if k % 2 else 300.0, 500.0))
+    p = Person(path + [(end_s, 300.0 + 85.0 * (end_s - 8.0), 500.0)], const(TOWARD), ended_at=end_s + 0.5)
+    q = ended_stay(run([p], 12.0), p)
+    assert EXIT_NAMES[q.exit] == "wander"
+    assert q.satisfaction == pytest.approx(d.dwell_satisfaction(q.dwell_s, DEFAULT_TYPICAL_STAY_S, "wander"))
+    assert q.satisfaction < 0.0
+
+
+@pytest.mark.parametrize("fps", [5.0, 10.0])
+@pytest.mark.parametrize("speed_ph_s", [0.6, 0.9, 1.2])
+def test_walking_through_the_display_zone_is_a_pass_not_a_stay(speed_ph_s, fps):
+    """Five people cross the display zone (3.1 PH wide) one after another without slowing: no
+    stay to judge (Q = 0), and the zone's typical stay does not learn from them."""
+    x0, x1 = 150.0, 700.0
+    t1 = (x1 - x0) / (100.0 * speed_ph_s)
+    people = [
+        Person([(0.0, x0, y), (1.5 * k, x0, y), (1.5 * k + t1, x1, y), (8.0 + t1, x1, y)], const(TOWARD))
+        for k, y in enumerate((480.0, 500.0, 520.0, 540.0, 560.0))
+    ]
+    eng = SignalEngine(SignalsConfig(), zone_map())
+    vs = run(people, 10.0 + t1, engine=eng, fps=fps)
+    for p in people:
+        (q,) = [v for v in mine(vs, p) if v.satisfaction is not None]  # >= 2.5 s in the zone
+        assert (EXIT_NAMES[q.exit], q.zone, q.satisfaction) == ("pass", DISPLAY, 0.0)
+        assert q.satisfaction_conf < 0.5
+    assert eng.typical.typical(eng.zones.zones[DISPLAY]) == DEFAULT_TYPICAL_STAY_S
+
+
+@pytest.mark.parametrize("gap", [(40, 45), (40, 52), (55, 70)])
+def test_a_stay_through_a_short_loss_of_the_same_track_is_one_stay(gap):
+    """Standing at the display for 9 s while the detector misses 0.5 .. 1.5 s (the tracker keeps
+    the track): one stay from arrival to departure, calm, its dwell the whole stay."""
+    p = stand_then_leave(0.4, 9.0)
+    p.visible = lambda i: not gap[0] <= i < gap[1]
+    (q,) = [v for v in mine(run([p], 16.0), p) if v.satisfaction is not None]
+    assert EXIT_NAMES[q.exit] == "calm" and q.zone == DISPLAY
+    assert q.dwell_s == pytest.approx(9.0 + (470.0 - EDGE_Y) / 40.0, abs=0.15)
+
+
 def test_leaving_after_a_long_stay_is_scored_by_dwell_not_approach():
     """6 s at the display, then a stroll away: the window the stay ends in carries the stay's
     outcome (calm), and approach/avoid there is clamped at -0.2 rather than read as avoidance."""
