@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 COMPAT_VENV ?= .venv-bookworm
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-stamp
 
-.PHONY: help setup venv models media mosquitto run demo test test-all test-compat test-ota test-pi install bench fuzz soak lint clean companion companion-deps test-companion
+.PHONY: help setup venv models media mosquitto run run-aicam demo test test-all test-compat test-ota test-pi install bench fuzz soak lint clean companion companion-deps test-companion
 FUZZ_CASES ?= 10000
 SOAK_S ?= 1800
 
@@ -42,6 +42,9 @@ setup: venv models media ## everything the other targets need (idempotent)
 
 run: setup ## run the sim board: real pipeline on media/vtest.avi, API on 127.0.0.1:8080
 	$(PY) -m firmware --config board_configs/sim.yaml
+
+run-aicam: setup ## run the sim board on the AI Camera stand-in: the sensor's outputs for vtest.avi, no pixels
+	$(PY) -m firmware --config board_configs/sim-aicam.yaml
 
 mosquitto: ## Debian's MQTT broker for the gateway's tests and demo (apt-get when root; tests start their own on loopback)
 	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then :; \

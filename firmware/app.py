@@ -218,7 +218,7 @@ async def build_service(
     try:
         await camera.open()
     except CameraError as e:
-        if not camera.live or cfg.camera.type != "picamera2":
+        if not camera.live or cfg.camera.type not in ("picamera2", "imx500"):
             raise  # a replay source or scene that is not there: a setup mistake, said at once
         # a board's sensor (ribbon cable loose, picamera2 missing): serve degraded, keep trying
         log.error("camera: %s; the API comes up degraded and the camera is retried", e)

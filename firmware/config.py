@@ -22,7 +22,8 @@ M = TypeVar("M", bound=BaseModel)
 
 MAX_CONFIG_BYTES = 64 * 1024
 
-BoardKind = Literal["sim", "rpi4", "rpi5", "rpi-zero2w", "rpi5-coral-usb", "rpi4-coral-usb"]
+BoardKind = Literal["sim", "rpi4", "rpi5", "rpi-zero2w", "rpi5-coral-usb", "rpi4-coral-usb", "rpi-zero2w-aicam",
+                    "rpi5-aicam", "rpi4-aicam", "rpi5-hailo"]
 Size = Annotated[list[Annotated[int, Field(ge=16, le=8192)]], Field(min_length=2, max_length=2)]
 
 
@@ -67,7 +68,8 @@ class SyntheticCameraConfig(_Strict):
     scene: str | None = Field(default=None, min_length=1, max_length=4096)
 
 
-VC4_BOARDS = frozenset({"rpi4", "rpi-zero2w", "rpi4-coral-usb"})  # the VC4 ISP: lores only in YUV420
+VC4_BOARDS = frozenset({"rpi4", "rpi-zero2w", "rpi4-coral-usb", "rpi-zero2w-aicam", "rpi4-aicam"})  # lores: YUV420 only
+PCIE_BOARDS = frozenset({"rpi5", "rpi5-hailo", "rpi5-coral-usb", "rpi5-aicam"})  # a PCIe slot: the Hailo AI Kit / HAT+
 
 
 class PicameraConfig(_Strict):
@@ -109,8 +111,35 @@ class PicameraConfig(_Strict):
         return v
 
 
+class Imx500CameraConfig(_Strict):
+    """The Raspberry Pi AI Camera (Sony IMX500): the detector's network runs on the sensor and its
+    outputs come with each frame (firmware/camera/imx500.py). The network is the one of
+    ``inference.detector.model`` (an .rpk from the imx500-models package)."""
+
+    type: Literal["imx500"]
+    # metadata: no image is ever read, only the network's outputs (the CPU never sees a pixel);
+    # lores: the lores stream too, for pose crops. auto: metadata unless signals.pose is on.
+    mode: Literal["auto", "metadata", "lores"] = "auto"
+    # The stream the boxes are mapped onto (lores mode: what pose reads); in metadata mode the
+    # smallest main stream picamera2 needs, never read.
+    size: Size = [640, 480]
+    lores_format: Literal["YUV420", "BGR888", "RGB888"] = "YUV420"
+    framerate: float | None = Field(default=None, gt=0, le=120)  # None: the network's inference_rate
+    buffer_count: int = Field(default=6, ge=2, le=16)
+    capture_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # Sim only: instead of a sensor, replay the shipped recording of the network's outputs on this
+    # footage (firmware/camera/imx500_fake.py; the footage's pixels only in lores mode).
+    fake_footage: str | None = Field(default=None, min_length=1, max_length=4096)
+    fake_pacing: Literal["realtime", "fast"] = "realtime"
+
+    @field_validator("size")
+    @classmethod
+    def _size_aligned(cls, v: list[int]) -> list[int]:
+        return PicameraConfig._lores_aligned(v)  # type: ignore[no-any-return,operator]
+
+
 CameraConfig = Annotated[
-    Union[ReplayCameraConfig, SyntheticCameraConfig, PicameraConfig],
+    Union[ReplayCameraConfig, SyntheticCameraConfig, PicameraConfig, Imx500CameraConfig],
     Field(discriminator="type"),
 ]
 
@@ -146,7 +175,9 @@ class InferenceConfig(_Strict):
     # preempting the inference threads; on 1 or 2 cores every core (one thread alone gave 7-14% fewer
     # frames in make bench on 2 cores: XNNPACK still gains from the second). See the board configs.
     threads: int | Literal["auto"] = "auto"
-    delegate: Literal["cpu", "edgetpu"] = "cpu"
+    # Where the detector runs: the CPU, a Coral (edgetpu), the AI Camera's sensor (imx500: the
+    # camera must be type imx500) or a Hailo-8/8L (hailo: a HEF model, on a Pi 5's PCIe).
+    delegate: Literal["cpu", "edgetpu", "imx500", "hailo"] = "cpu"
     models_dir: str = Field(default="../models", min_length=1, max_length=4096)
     queue_size: int = Field(default=2, ge=1, le=64)
     detector: DetectorConfig = DetectorConfig()
@@ -615,9 +646,25 @@ def board_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
     """What the board's hardware cannot do of this config: (key path, message) pairs."""
     out: list[tuple[tuple[str, ...], str]] = []
     cam = cfg.camera
-    if isinstance(cam, PicameraConfig) and cfg.board.kind in VC4_BOARDS and cam.lores_format != "YUV420":
+    if isinstance(cam, PicameraConfig | Imx500CameraConfig) and cfg.board.kind in VC4_BOARDS \
+            and cam.lores_format != "YUV420":
         out.append((("camera", "lores_format"),
                     f"a {cfg.board.kind} board (VC4 ISP) gives the lores stream only as YUV420, not {cam.lores_format}"))
+    inf = cfg.inference
+    if isinstance(cam, Imx500CameraConfig):
+        if inf.delegate != "imx500":
+            out.append((("inference", "delegate"), "an imx500 camera runs the detector on the sensor: set "
+                        "inference.delegate: imx500 and an imx500 detector model"))
+        if cam.mode == "metadata" and cfg.signals.pose != "off":
+            out.append((("camera", "mode"), "pose reads pixels: with signals.pose on, use camera.mode lores (or auto)"))
+        if inf.fallback_model is not None:
+            out.append((("inference", "fallback_model"), "the IMX500 is the camera: without it there are no frames "
+                        "for a CPU fallback to run on; remove fallback_model"))
+    elif inf.delegate == "imx500":
+        out.append((("inference", "delegate"), "delegate imx500 needs camera.type: imx500 (the AI Camera)"))
+    if inf.delegate == "hailo" and cfg.board.kind not in PCIE_BOARDS | {"sim"}:
+        out.append((("inference", "delegate"), f"a Hailo AI Kit / HAT+ needs a Raspberry Pi 5 (PCIe); board kind "
+                    f"{cfg.board.kind} has none"))
     return out
 
 

@@ -66,8 +66,9 @@ def _probe_primary(loaded: LoadedConfig) -> tuple[Detector, PoseEstimator | None
     """The configured detector (and pose, when it runs on the same accelerator), loaded and run on
     one blank frame: raises if either will not load or invoke."""
     det = _load_detector(loaded)
-    w, h = det.runner.input_size
-    det.detect(np.zeros((h, w, 3), np.uint8))
+    if not det.on_camera:  # a network on the camera runs on the camera's frames, not on a probe
+        w, h = det.runner.input_size
+        det.detect(np.zeros((h, w, 3), np.uint8))
     pose = None
     if loaded.config.signals.pose != "off" and loaded.config.inference.delegate != "cpu":
         pose = _load_pose(loaded)

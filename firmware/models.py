@@ -63,14 +63,26 @@ class InputSpec(_Strict):
 
 
 class ModelEntry(_Strict):
-    file: str
+    file: str | None = None  # one of the files above (installed by `make models`)...
+    # ...or a file a Debian package installs (the IMX500's .rpk networks, Hailo's .hef models):
+    # verified by apt, not by us; ``package`` says which one to install when it is missing.
+    system_file: str | None = Field(default=None, pattern=r"^/")
+    package: str | None = None
     task: Literal["person_detection", "pose_single", "pose_multi"]
     decoder: str
-    accelerator: Literal["cpu", "edgetpu"]
+    accelerator: Literal["cpu", "edgetpu", "imx500", "hailo"]
     input: InputSpec
     outputs: list[str]
     labels: str | None = None
     person_class: int | None = None
+
+    @model_validator(mode="after")
+    def _one_file(self) -> ModelEntry:
+        if (self.file is None) == (self.system_file is None):
+            raise ValueError("a model names exactly one of file (shipped) and system_file (from a package)")
+        if self.system_file is not None and self.package is None:
+            raise ValueError("a system_file model names the package that installs it")
+        return self
 
 
 class Manifest(_Strict):
@@ -152,9 +164,16 @@ def resolve_model(key: str, models_dir: Path, manifest: Manifest, *, verify: boo
     if key not in manifest.models:
         raise ModelError(f"unknown model {key!r}; models/manifest.yaml lists: {', '.join(sorted(manifest.models))}")
     entry = manifest.models[key]
-    path = models_dir / entry.file
-    if verify:
-        verify_file(path, manifest.files[entry.file])
+    if entry.system_file is not None:
+        path = Path(entry.system_file)
+        if verify and not path.is_file():
+            raise ModelError(f"{path}: missing; it comes with the Debian package {entry.package} "
+                             f"(`sudo apt install {entry.package}`, or install.sh with this board config)")
+    else:
+        assert entry.file is not None
+        path = models_dir / entry.file
+        if verify:
+            verify_file(path, manifest.files[entry.file])
     labels = None
     if entry.labels:
         lp = models_dir / entry.labels

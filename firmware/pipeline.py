@@ -301,14 +301,14 @@ class Pipeline:
         self._was_closed = False
         generation = self._generation
         out: concurrent.futures.Future[FrameResult] = concurrent.futures.Future()
-        self._detect_executor.submit(self._stage_one, frame.image, frame.t_mono, generation, out)
+        self._detect_executor.submit(self._stage_one, frame, generation, out)
         return frame.frame_id, frame.t_mono, generation, asyncio.wrap_future(out)
 
-    def _stage_one(self, image: np.ndarray, t: float, generation: int,
-                   out: concurrent.futures.Future[FrameResult]) -> None:
-        """On the detector thread: detect, then queue the rest of the frame on the analysis thread."""
+    def _stage_one(self, frame: Frame, generation: int, out: concurrent.futures.Future[FrameResult]) -> None:
+        """On the detector thread: detect (or decode the detector outputs that came with the frame),
+        then queue the rest of the frame on the analysis thread."""
         try:
-            dets = self.analyzer.detect(image)
+            dets = self.analyzer.detect(frame.image, frame.outputs)
         except BaseException as e:
             out.set_exception(e)
             return
@@ -316,11 +316,12 @@ class Pipeline:
             if generation != self._generation:  # paused (or closed) meanwhile: its tracks must not come back
                 out.set_exception(_Superseded())
                 return
-            self._executor.submit(self._stage_two, image, t, dets, out)
+            self._executor.submit(self._stage_two, frame.image, frame.t_mono, frame.size, dets, out)
 
-    def _stage_two(self, image: np.ndarray, t: float, dets: Any, out: concurrent.futures.Future[FrameResult]) -> None:
+    def _stage_two(self, image: np.ndarray | None, t: float, size: tuple[int, int], dets: Any,
+                   out: concurrent.futures.Future[FrameResult]) -> None:
         try:
-            out.set_result(self.analyzer.process(image, t, dets))
+            out.set_result(self.analyzer.process(image, t, dets, size=size))
         except BaseException as e:
             out.set_exception(e)
 

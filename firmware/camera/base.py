@@ -4,6 +4,10 @@ The base class owns the public async methods: it runs the backend's blocking hoo
 camera's own worker thread (never on the event loop), stamps frame ids, checks what a backend
 returns and turns backend failures into CameraError. A backend implements ``_open``, ``_read``
 and ``_close``.
+
+A camera that runs the detector's network itself (the IMX500) hands over the network's outputs
+with the frame (``Capture.outputs``); in its metadata-only mode there are no pixels at all
+(``image`` None) and the frame's size is the one its boxes are mapped onto.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from ..errors import CameraError, CuecamError
+from ..inference.base import SensorOutputs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,8 +37,26 @@ class Frame:
 
     frame_id: int
     t_mono: float  # seconds on the monotonic clock (for replay: the footage's own timeline)
-    image: np.ndarray  # RGB uint8 (h, w, 3): the stream inference runs on
+    image: np.ndarray | None  # RGB uint8 (h, w, 3): the stream inference runs on; None: no pixels (IMX500)
     truth: Any = field(default=None)  # synthetic scenes only: the boxes they drew
+    outputs: SensorOutputs | None = None  # the detector's outputs, computed on the camera for this frame
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the frame (of the stream its boxes are mapped onto, without pixels)."""
+        if self.image is not None:
+            return int(self.image.shape[1]), int(self.image.shape[0])
+        assert self.outputs is not None
+        return self.outputs.size
+
+
+class Capture(NamedTuple):
+    """What a backend's ``_read`` returns (a plain (image, t, truth) tuple is one too)."""
+
+    image: np.ndarray | None  # None only with outputs: a camera that sends no pixels
+    t: float | None  # timestamp, or None for "now"
+    truth: Any = None
+    outputs: SensorOutputs | None = None
 
 
 class Camera(ABC):
@@ -97,7 +120,16 @@ class Camera(ABC):
             raise CameraError(f"{self.description}: read failed: {e}") from e
         if got is None:
             return None
-        image, t, truth = got
+        image, t, truth, outputs = Capture(*got)
+        if outputs is not None and not isinstance(outputs, SensorOutputs):
+            raise CameraError(f"{self.description}: backend returned {type(outputs).__name__} as sensor outputs",
+                              kind="frame")
+        if image is None and outputs is not None:  # detections without pixels (metadata only)
+            if t is not None and not np.isfinite(t):
+                raise CameraError(f"{self.description}: backend returned timestamp {t}", kind="frame")
+            frame = Frame(self._next_id, self._clock() if t is None else t, None, truth, outputs)
+            self._next_id += 1
+            return frame
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise CameraError(f"{self.description}: backend returned {getattr(image, 'dtype', type(image).__name__)} "
                               f"{getattr(image, 'shape', '')}, not RGB uint8", kind="frame")
@@ -110,9 +142,13 @@ class Camera(ABC):
                               f"{self._shape[1]}x{self._shape[0]} frames (short or torn frame)", kind="frame")
         if t is not None and not np.isfinite(t):
             raise CameraError(f"{self.description}: backend returned timestamp {t}", kind="frame")
-        frame = Frame(self._next_id, self._clock() if t is None else t, image, truth)
+        frame = Frame(self._next_id, self._clock() if t is None else t, image, truth, outputs)
         self._next_id += 1
         return frame
+
+    def status(self) -> dict[str, Any]:
+        """Backend-specific figures for /v1/status (e.g. the IMX500's on-sensor timings); none by default."""
+        return {}
 
     async def close(self) -> None:
         """Release the device and join the camera thread. Never raises.
@@ -162,8 +198,9 @@ class Camera(ABC):
         """Open the device or file; raise CameraError with a clear message when it cannot."""
 
     @abstractmethod
-    def _read(self) -> tuple[np.ndarray, float | None, Any] | None:
-        """Block until a frame is ready: (RGB image, timestamp or None for 'now', truth)."""
+    def _read(self) -> tuple[np.ndarray, float | None, Any] | Capture | None:
+        """Block until a frame is ready: (RGB image, timestamp or None for 'now', truth), or a
+        Capture that also carries the network's outputs computed on the camera."""
 
     @abstractmethod
     def _close(self) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .base import Camera
+from .base import Camera, Capture
 
 FaultKind = Literal["raise", "hang", "garbage", "short"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("raise", "hang", "garbage", "short")
@@ -69,7 +69,7 @@ class FaultyCamera(Camera):
         self.fixed_size = self.inner.fixed_size
         self.opens += 1
 
-    def _read(self) -> tuple[np.ndarray, float | None, Any] | None:
+    def _read(self) -> tuple[np.ndarray, float | None, Any] | Capture | None:
         self.reads += 1
         kind = self._fault_for(self.reads)
         if kind is None:
@@ -85,10 +85,12 @@ class FaultyCamera(Camera):
         got = self.inner._read()
         if got is None:
             return None
-        image, t, truth = got
+        image, t, truth, outputs = Capture(*got)
+        if image is None:  # a camera that sends no pixels: its frame comes back as noise
+            return np.zeros(500, dtype=np.int16), t, truth
         if kind == "garbage":
             return np.frombuffer(image.tobytes()[:1000], dtype=np.int16), t, truth
-        return image[: max(image.shape[0] // 2, 1)], t, truth  # short
+        return Capture(image[: max(image.shape[0] // 2, 1)], t, truth, outputs)  # short
 
     def _interrupt(self) -> None:
         self._release.set()

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..config import PicameraConfig
 from ..errors import CameraError
-from .base import Camera
+from .base import Camera, Capture
 
 log = logging.getLogger(__name__)
 MAX_TIMESTAMP_AGE_S = 5.0  # a SensorTimestamp older than this (or in the future) is not trusted
@@ -58,6 +58,17 @@ def choose_sensor_mode(modes: list[dict[str, Any]], lores: tuple[int, int], fps:
     if not usable:
         return None
     return min(usable, key=lambda m: (-fov(m), m["size"][0] * m["size"][1], -m.get("bit_depth", 0)))
+
+
+def lores_to_rgb(lores: np.ndarray, size: list[int] | tuple[int, int], fmt: str) -> np.ndarray:
+    """A lores stream array as picamera2 gives it (``fmt`` in picamera2's names) -> RGB (h, w, 3)."""
+    w, h = int(size[0]), int(size[1])
+    if fmt == "BGR888":  # R, G, B in memory: already what inference wants
+        return lores[:h, :w, :3]
+    if fmt == "RGB888":  # B, G, R in memory
+        return np.ascontiguousarray(lores[:h, :w, 2::-1])
+    # I420 planes: (h * 3/2, w). The width is a multiple of 64, so there is no stride padding.
+    return cv2.cvtColor(np.ascontiguousarray(lores[: h * 3 // 2, :w]), cv2.COLOR_YUV2RGB_I420)
 
 
 class PicameraCamera(Camera):
@@ -125,7 +136,7 @@ class PicameraCamera(Camera):
                  None if mode is None else "x".join(map(str, mode["size"])))
         self._cam = cam
 
-    def _read(self) -> tuple[np.ndarray, float | None, Any] | None:
+    def _read(self) -> tuple[np.ndarray, float | None, Any] | Capture | None:
         try:
             request = self._cam.capture_request(wait=self.cfg.capture_timeout_s)
         except TimeoutError as e:
@@ -136,17 +147,7 @@ class PicameraCamera(Camera):
             metadata = request.get_metadata()
         finally:
             request.release()
-        t = self._frame_time(metadata)
-        w, h = self.cfg.lores
-        fmt = self.cfg.lores_format
-        if fmt == "BGR888":  # R, G, B in memory: already what inference wants
-            rgb = lores[:h, :w, :3]
-        elif fmt == "RGB888":  # B, G, R in memory
-            rgb = np.ascontiguousarray(lores[:h, :w, 2::-1])
-        else:
-            # I420 planes: (h * 3/2, w). The width is a multiple of 64, so there is no stride padding.
-            rgb = cv2.cvtColor(np.ascontiguousarray(lores[: h * 3 // 2, :w]), cv2.COLOR_YUV2RGB_I420)
-        return rgb, t, None
+        return lores_to_rgb(lores, self.cfg.lores, self.cfg.lores_format), self._frame_time(metadata), None
 
     def _frame_time(self, metadata: dict[str, Any]) -> float:
         """SensorTimestamp (CLOCK_MONOTONIC ns) mapped onto the board's monotonic clock: the

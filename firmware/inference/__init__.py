@@ -14,24 +14,37 @@ from ..models import Manifest, resolve_model
 from .base import Detections, Detector
 from .runner import ModelRunner
 
-DETECTORS = {"ssd_postprocess": "firmware.inference.detector_ssd:SsdDetector"}
+DETECTORS = {
+    "ssd_postprocess": "firmware.inference.detector_ssd:SsdDetector",
+    "imx500_ssd": "firmware.camera.imx500:Imx500Detector",  # the network runs on the AI Camera's sensor
+    "hailo_nms": "firmware.inference.detector_hailo:HailoDetector",
+}
+ACCELERATORS = ("imx500", "hailo")  # delegates that are their own runtime (no TFLite interpreter)
 
-__all__ = ["DETECTORS", "Detections", "Detector", "ModelRunner", "create_detector"]
+__all__ = ["ACCELERATORS", "DETECTORS", "Detections", "Detector", "ModelRunner", "create_detector"]
 
 
 def create_detector(cfg: InferenceConfig, models_dir: Path, manifest: Manifest) -> Detector:
     """Build the configured person detector: verify the model file, load it, check its contract."""
-    model = resolve_model(cfg.detector.model, models_dir, manifest)
+    key = cfg.detector.model
+    entry = manifest.models.get(key)
+    # the IMX500's network is loaded onto the sensor by the camera: the detector only decodes
+    on_sensor = entry is not None and entry.accelerator == "imx500"
+    model = resolve_model(key, models_dir, manifest, verify=not on_sensor)
     if model.entry.task != "person_detection":
         raise ModelError(
             f"inference.detector.model is {model.key!r}, a {model.entry.task} model; the detector needs a "
             f"person_detection model such as ssd_mobilenet_v1"
         )
+    acc = model.entry.accelerator
+    if acc in ACCELERATORS and cfg.delegate != acc:
+        raise ModelError(f"model {model.key!r} runs on the {acc}; set inference.delegate: {acc} or choose a CPU model")
+    if cfg.delegate in ACCELERATORS and acc != cfg.delegate:
+        raise ModelError(f"inference.delegate is {cfg.delegate} but model {model.key!r} is built for {acc}; choose "
+                         f"a {cfg.delegate} model from models/manifest.yaml")
     target = DETECTORS.get(model.entry.decoder)
     if target is None:
         raise ModelError(f"model {model.key!r} uses decoder {model.entry.decoder!r}; known: {', '.join(DETECTORS)}")
     module, name = target.split(":")
     cls: type[Detector] = getattr(importlib.import_module(module), name)
-    content = cls.prepare(model.path.read_bytes(), str(model.path))
-    runner = ModelRunner(model, runtime=cfg.runtime, num_threads=cfg.num_threads, delegate=cfg.delegate, content=content)
-    return cls(runner, cfg.detector)
+    return cls.build(model, cfg)

@@ -2,6 +2,11 @@
 filter and the detection cap that every backend shares); a backend implements ``_decode`` for its
 model's outputs. Detections carry boxes, never pixels.
 
+Some networks run on the camera itself (the IMX500 of the Raspberry Pi AI Camera): their outputs
+arrive with the frame (``SensorOutputs``), and there may be no pixels at all. ``detect`` takes
+them in place of the image and a backend decodes them in ``_decode_outputs``; everything after
+the decoding (score floor, plausibility, nesting, cap) is the same code for every backend.
+
 A detector reports every person candidate down to ``score_threshold`` (low, ~0.25): which of
 them become tracks is the tracker's decision (ByteTrack's two score stages), not the detector's.
 """
@@ -11,12 +16,41 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from ..config import DetectorConfig
-from .runner import ModelRunner
+from ..config import DetectorConfig, InferenceConfig
+from ..errors import InferenceError
+from ..models import ResolvedModel
+
+
+class Runner(Protocol):
+    """What a detector needs of the thing that runs its network: a TFLite interpreter
+    (``runner.ModelRunner``) or an accelerator's own runtime (Hailo, the IMX500 sensor)."""
+
+    model: ResolvedModel
+    runtime: str
+    delegate: str
+    input_shape: tuple[int, ...]
+    input_size: tuple[int, int]  # (width, height)
+
+    def invoke(self, pixels: np.ndarray) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SensorOutputs:
+    """A network's output tensors for one frame, computed on the camera and delivered with it.
+
+    ``to_frame`` maps the network's boxes, (n, 4) y0, x0, y1, x1 normalized to the network's input,
+    onto the frame: (n, 4) x0, y0, x1, y1 normalized to the frame of ``size`` (width, height)."""
+
+    tensors: tuple[np.ndarray, ...]
+    size: tuple[int, int]
+    to_frame: Any  # Callable[[np.ndarray], np.ndarray]
+    kpi_ms: tuple[float, float] | None = None  # (network, DSP) milliseconds on the sensor, when reported
+    intrinsics: Any = None  # the network's own description (box order, normalization), backend-specific
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +95,29 @@ def _not_contained(boxes: np.ndarray, limit: float) -> np.ndarray:
 
 
 class Detector(ABC):
-    """A person detector around one ModelRunner; used from a single worker thread."""
+    """A person detector around one runner; used from a single worker thread."""
 
-    def __init__(self, runner: ModelRunner, cfg: DetectorConfig) -> None:
+    #: The network runs on the camera: frames bring its outputs (``SensorOutputs``), not a job for us.
+    on_camera: bool = False
+
+    def __init__(self, runner: Runner, cfg: DetectorConfig) -> None:
         self.runner = runner
         self.cfg = cfg
         self._check_outputs()
+
+    @classmethod
+    def build(cls, model: ResolvedModel, cfg: InferenceConfig) -> Detector:
+        """The detector for a verified model: by default a TFLite interpreter (``ModelRunner``) on
+        the bytes ``prepare`` returns; accelerators with their own runtime override this."""
+        from .runner import ModelRunner
+
+        content = cls.prepare(model.path.read_bytes(), str(model.path))
+        runner = ModelRunner(model, runtime=cfg.runtime, num_threads=cfg.num_threads, delegate=cfg.delegate,
+                             content=content)
+        return cls(runner, cfg.detector)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the accelerator (a Hailo device); TFLite interpreters need nothing."""
 
     @classmethod
     def prepare(cls, data: bytes, where: str) -> bytes | None:
@@ -78,16 +129,25 @@ class Detector(ABC):
     def name(self) -> str:
         return self.runner.model.key
 
-    def detect(self, image: np.ndarray) -> Detections:
-        """Run the model on an RGB uint8 frame of any size."""
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an RGB uint8 image (h, w, 3), got {image.dtype} {image.shape}")
+    def detect(self, image: np.ndarray | None, outputs: SensorOutputs | None = None) -> Detections:
+        """The people in one frame: run the model on an RGB uint8 frame of any size, or, for a
+        network that ran on the camera, decode the ``outputs`` that came with the frame."""
         t0 = time.perf_counter()
-        w, h = self.runner.input_size
-        x = image if image.shape[:2] == (h, w) else cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-        self.runner.invoke(x)
-        boxes, scores = self._decode()
-        boxes, scores = self._plausible(boxes, scores, image.shape[1] / image.shape[0])
+        if outputs is not None:
+            boxes, scores = self._decode_outputs(outputs)
+            fw, fh = outputs.size
+        elif image is None:
+            raise ValueError("a frame with neither pixels nor sensor outputs")
+        else:
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"expected an RGB uint8 image (h, w, 3), got {image.dtype} {image.shape}")
+            w, h = self.runner.input_size
+            x = image if image.shape[:2] == (h, w) else cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+            self.runner.invoke(x)
+            boxes, scores = self._decode()
+            fh, fw = image.shape[:2]
+        boxes, scores = self._plausible(np.asarray(boxes, np.float32).reshape(-1, 4),
+                                        np.asarray(scores, np.float32).reshape(-1), fw / fh)
         order = np.argsort(-scores, kind="stable")
         if self.cfg.max_contained is not None:
             order = order[_not_contained(boxes[order], self.cfg.max_contained)]
@@ -108,6 +168,11 @@ class Detector(ABC):
     @abstractmethod
     def _check_outputs(self) -> None:
         """Raise ModelError when the model's outputs are not what this decoder reads."""
+
+    def _decode_outputs(self, outputs: SensorOutputs) -> tuple[np.ndarray, np.ndarray]:
+        """The person candidates in a network's outputs that came with the frame (as ``_decode``)."""
+        raise InferenceError(f"detector {self.name} runs on pixels, but the camera sent a network's outputs "
+                             "instead: use a board config whose detector matches its camera")
 
     @abstractmethod
     def _decode(self) -> tuple[np.ndarray, np.ndarray]:

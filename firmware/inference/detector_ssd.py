@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .base import Detector
-from .runner import dequantize
+from .runner import ModelRunner, dequantize
 from .tflite_graph import TfliteGraph
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
@@ -34,6 +34,8 @@ def _postprocess(graph: TfliteGraph) -> Any:
 
 
 class SsdDetector(Detector):
+    runner: ModelRunner
+
     @classmethod
     def prepare(cls, data: bytes, where: str) -> bytes | None:
         graph = TfliteGraph(data, where)

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..config import Config, TrackingConfig
 from ..inference import Detections, Detector
+from ..inference.base import SensorOutputs
 from ..inference.pose import PoseEstimator
 from ..tracking.tracker import Track, Tracker, TrackerConfig
 from ..tracking.zones import ZoneMap
@@ -57,17 +58,26 @@ class FrameAnalyzer:
             n = max(n, self.engine.reset())
         return n
 
-    def detect(self, image: np.ndarray) -> Detections:
-        """Stage one of a frame: the detector alone (the pipeline runs it on its own thread)."""
+    def detect(self, image: np.ndarray | None, outputs: SensorOutputs | None = None) -> Detections:
+        """Stage one of a frame: the detector alone (the pipeline runs it on its own thread), on the
+        frame's pixels or on the detector outputs the camera computed for it."""
         if self.detector is None:
             raise RuntimeError("no detector loaded")
-        return self.detector.detect(image)
+        return self.detector.detect(image, outputs)
 
-    def process(self, image: np.ndarray, t: float, dets: Detections | None = None) -> FrameResult:
-        """Everything for one frame; ``dets``: its detections when stage one already ran."""
+    def process(self, image: np.ndarray | None, t: float, dets: Detections | None = None, *,
+                size: tuple[int, int] | None = None) -> FrameResult:
+        """Everything for one frame; ``dets``: its detections when stage one already ran. Without
+        pixels (a camera that sent only its detections) ``size`` is the frame's (width, height)
+        and pose is skipped."""
         t0 = time.perf_counter()
         before = 0.0 if dets is None else dets.infer_ms  # stage one's time, counted in total_ms
-        h, w = image.shape[:2]
+        if image is not None:
+            h, w = image.shape[:2]
+        elif size is not None and dets is not None:
+            w, h = size
+        else:
+            raise ValueError("a frame without pixels needs its size and its detections")
         if self.engine is None or self._size != (w, h):
             self._size = (w, h)
             self.engine = SignalEngine(self.cfg.signals, ZoneMap(self.cfg.zones, self.cfg.ground_plane, w, h),
@@ -85,7 +95,7 @@ class FrameAnalyzer:
                 dets = dets.subset(keep)
         tracks = self.tracker.update(dets.boxes * scale, dets.scores, t, (w, h))
         invokes = 0
-        if self.pose is not None and tracks:
+        if self.pose is not None and tracks and image is not None:
             chosen = self.engine.pose_candidates(tracks, t, self.cfg.signals.pose_budget)
             if chosen:
                 kps = self.pose.estimate(image, np.array([tr.det_box for tr in chosen]) / scale)

@@ -171,7 +171,7 @@ CORPUS: dict[str, Case] = {
         "greater than or equal to 16",
     ),
     "bad-pacing": (edit("pacing: realtime", "pacing: slow"), "pacing: slow", "camera.pacing", "'realtime' or 'fast'"),
-    "bad-delegate": (edit("delegate: cpu", "delegate: gpu"), "delegate: gpu", "inference.delegate", "'cpu' or 'edgetpu'"),
+    "bad-delegate": (edit("delegate: cpu", "delegate: gpu"), "delegate: gpu", "inference.delegate", "'cpu', 'edgetpu', 'imx500' or 'hailo'"),
     "bad-board-kind": (edit("kind: sim", "kind: rpi3"), "kind: rpi3", "board.kind", "'sim'"),
     "bad-camera-type": (edit("type: replay", "type: webcam"), "type: webcam", "camera.type", "webcam"),
     "missing-camera-type": (edit("  type: replay\n", ""), "camera:", "camera.type", "missing"),

@@ -76,7 +76,10 @@ def test_manifest_loads_and_is_consistent(manifest: Manifest) -> None:
     assert manifest.version == 1
     assert manifest.models, "the manifest lists no models"
     for key, m in manifest.models.items():
-        assert m.file in manifest.files, f"model {key} refers to unlisted {m.file}"
+        if m.system_file is None:
+            assert m.file in manifest.files, f"model {key} refers to unlisted {m.file}"
+        else:  # from a Debian package: an absolute path and the package that installs it
+            assert m.file is None and m.system_file.startswith("/usr/share/") and m.package, key
         if m.labels is not None:
             assert m.labels in manifest.files, f"model {key} refers to unlisted {m.labels}"
         assert len(m.input.shape) == 4
@@ -85,7 +88,7 @@ def test_manifest_loads_and_is_consistent(manifest: Manifest) -> None:
     ssd = manifest.models["ssd_mobilenet_v1"]
     assert (ssd.file, ssd.labels, ssd.person_class, ssd.task) == (SSD, LABELS, 0, "person_detection")
     # Every listed file is used by some model (no stale entries to install for nothing).
-    used = {m.file for m in manifest.models.values()} | {m.labels for m in manifest.models.values() if m.labels}
+    used = {m.file for m in manifest.models.values() if m.file} | {m.labels for m in manifest.models.values() if m.labels}
     assert used == set(manifest.files)
 
 

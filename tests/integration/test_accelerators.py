@@ -1,0 +1,178 @@
+"""Accelerator backends on real footage: the contract every detector keeps on the same frames of
+vtest.avi (the CPU SSD on pixels, the AI Camera's network outputs through the IMX500 stand-in,
+the Hailo stand-in), and the sim board running on the AI Camera stand-in end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from firmware.app import build_service
+from firmware.camera.imx500 import Imx500Camera
+from firmware.camera.imx500_fake import Imx500Rig, Recording, make_module
+from firmware.config import Config, Imx500CameraConfig, InferenceConfig, LoadedConfig, load_config
+from firmware.inference import Detections, Detector, create_detector
+from firmware.models import load_manifest
+from firmware.tracking.tracker import iou_matrix
+from tests.conftest import ROOT, _merge
+from tests.integration.test_process import _get, _start, _stop, _wait_url
+
+N_FRAMES = 60
+AICAM_CONFIG = ROOT / "board_configs" / "sim-aicam.yaml"
+
+
+def _frames(vtest: Path, n: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(vtest))
+    out = []
+    for _ in range(n):
+        ok, bgr = cap.read()
+        assert ok
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return out
+
+
+def _cpu(models_dir: Path) -> Detector:
+    return create_detector(InferenceConfig(), models_dir, load_manifest(models_dir / "manifest.yaml"))
+
+
+async def _imx500_detections(models_dir: Path, vtest: Path, n: int) -> list[Detections]:
+    """The AI Camera stand-in in lores mode (outputs and pixels of the same request), decoded by
+    the IMX500 detector: what a board's detector thread sees."""
+    det = create_detector(InferenceConfig(delegate="imx500", detector={"model": "imx500_ssd_mobilenetv2_fpnlite"}),
+                          models_dir, load_manifest(models_dir / "manifest.yaml"))
+    rig = Imx500Rig(paced=False, footage=vtest)
+    cam = Imx500Camera(Imx500CameraConfig(type="imx500", mode="lores", size=[768, 576], lores_format="BGR888"),
+                       network=Path("/usr/share/imx500-models/x.rpk"), devices_module=make_module(rig),
+                       clock=rig.clock, monotonic_ns=rig.monotonic_ns)
+    await cam.open()
+    try:
+        out = []
+        for _ in range(n):
+            f = await cam.read(5.0)
+            assert f is not None and f.image is not None
+            out.append(det.detect(f.image, f.outputs))  # the outputs win: no invoke on the pixels
+    finally:
+        await cam.close()
+    return out
+
+
+def _backends(models_dir: Path, vtest: Path) -> dict[str, list[Detections]]:
+    frames = _frames(vtest, N_FRAMES)
+    cpu = _cpu(models_dir)
+    return {"cpu-ssd": [cpu.detect(f) for f in frames],
+            "imx500": asyncio.run(_imx500_detections(models_dir, vtest, N_FRAMES))}
+
+
+@pytest.fixture(scope="module")
+def backends(models_dir, vtest) -> dict[str, list[Detections]]:
+    return _backends(models_dir, vtest)
+
+
+@pytest.mark.parametrize("name", ["cpu-ssd", "imx500"])
+def test_every_detector_keeps_the_detection_contract(backends, name):
+    cfg = InferenceConfig().detector
+    dets = backends[name]
+    assert len(dets) == N_FRAMES
+    for d in dets:
+        b, s = d.boxes, d.scores
+        assert b.dtype == np.float32 and s.dtype == np.float32 and b.shape == (len(s), 4)
+        assert ((b >= 0) & (b <= 1)).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+        assert (s >= cfg.score_threshold).all() and (np.diff(s) <= 0).all()  # down to the floor, best first
+        assert len(s) <= cfg.max_detections
+        # the shared plausibility filter: nobody wider than max_aspect times their height (in pixels)
+        assert ((b[:, 2] - b[:, 0]) * 768 <= cfg.max_aspect * (b[:, 3] - b[:, 1]) * 576 + 1e-3).all()
+        assert d.infer_ms >= 0
+    # people on the plaza in every backend, and weak candidates below the tracker's high score too
+    assert np.mean([d.above(0.5) for d in dets]) >= 3
+    assert sum(len(d) - d.above(0.5) for d in dets) > 0
+
+
+@pytest.mark.parametrize("name", ["imx500"])
+def test_accelerators_see_the_people_the_cpu_detector_sees(backends, name):
+    """Same frames, same people: most confident CPU boxes have a confident box on the accelerator."""
+    found = total = 0
+    for a, b in zip(backends["cpu-ssd"], backends[name], strict=True):
+        ca, cb = a.boxes[a.scores >= 0.5], b.boxes[b.scores >= 0.5]
+        total += len(ca)
+        if len(ca) and len(cb):
+            found += int((iou_matrix(ca.astype(np.float64), cb.astype(np.float64)).max(axis=1) >= 0.5).sum())
+    assert total > 100 and found / total >= 0.9
+
+
+def _aicam(overrides: dict | None = None) -> LoadedConfig:
+    loaded = load_config(AICAM_CONFIG)
+    return LoadedConfig(Config.model_validate(_merge(loaded.config.model_dump(), overrides or {})), loaded.path)
+
+
+async def _run_aicam():
+    loaded = _aicam({"camera": {"fake_pacing": "fast"}})
+    svc, _ = await build_service(loaded, token_env={"CUECAM_API_TOKEN": "x" * 20})
+    rig = svc.pipeline.camera._module.rig
+    rig.kpi_us = (5900, 1400)
+    await svc.start()
+    for _ in range(1200):  # bounded: 120 s
+        if svc.pipeline.stats.frames_processed >= Recording.load().frames:
+            break
+        await asyncio.sleep(0.1)
+    status = svc.status()
+    await svc.stop()
+    return svc, rig, status, svc.vectors.since(0, svc.vectors.capacity).records
+
+
+@pytest.fixture(scope="module")
+def aicam(models_dir, vtest):
+    return asyncio.run(_run_aicam())
+
+
+def test_the_sim_board_on_the_ai_camera_gives_the_same_kind_of_vectors(aicam):
+    svc, _, _, recs = aicam
+    assert svc.pipeline.stats.frames_processed >= 795 and svc.pipeline.stats.inference_errors == 0
+    tokens = {t.decode() for t in recs["token"]}
+    assert len(recs) >= 200 and len(tokens) >= 30  # as the CPU sim board on the same footage
+    for key, lo in (("engagement", 0.0), ("approach", -1.0), ("satisfaction", -1.0)):
+        v = recs[key][~np.isnan(recs[key])]
+        assert len(v) and (v >= lo).all() and (v <= 1.0).all(), key
+    assert np.allclose(recs["t_end"] - recs["t_start"], 2.0)  # the sensor's timeline: 2 s windows of footage
+    zones = {svc.zone_names[z] for z in recs["zone"] if z >= 0}
+    assert "walkway" in zones and "staff-path" not in zones
+
+
+def test_metadata_mode_keeps_every_pixel_out_and_reports_the_sensors_timings(aicam):
+    svc, rig, status, _ = aicam
+    assert rig.pixel_reads == 0 and rig.metadata_reads >= 795  # no image was ever requested
+    assert svc.analyzer.pose is None
+    cam = status["camera"]
+    assert cam["type"] == "imx500" and cam["imx500"]["pixels"] is False and cam["imx500"]["mode"] == "metadata"
+    assert cam["imx500"]["kpi_ms"]["dnn"]["p50"] == 5.9 and cam["imx500"]["kpi_ms"]["dsp"]["p50"] == 1.4
+    assert status["model"]["delegate"] == "imx500" and status["model"]["runtime"] == "imx500"
+    assert status["health"]["ok"]
+
+
+def test_the_ai_camera_sim_board_serves_as_a_process(models_dir, vtest):
+    proc = _start("--config", str(AICAM_CONFIG), "--port", "0")
+    try:
+        url = _wait_url(proc)
+        for _ in range(100):  # bounded: 10 s
+            code, health = _get(url + "/health", token=None)
+            if code == 200:
+                break
+            time.sleep(0.1)
+        assert health["status"] == "ok"
+        for _ in range(100):  # bounded: 10 s
+            code, body = _get(url + "/v1/vectors?limit=20")
+            if body["vectors"]:
+                break
+            time.sleep(0.1)
+        assert code == 200 and body["vectors"]
+        code, status = _get(url + "/v1/status")
+        assert code == 200 and status["camera"]["imx500"]["frames_without_outputs"] == 0
+        assert status["camera"]["imx500"]["inference_rate"] == 10.0
+    finally:
+        rc, err = _stop(proc)
+    assert rc == 0, err
