@@ -47,7 +47,7 @@ from ..errors import CameraError, InferenceError, ModelError
 from ..inference.base import Detector, SensorOutputs
 from ..models import ResolvedModel
 from .base import Camera, Capture
-from .picam import PicameraCamera, lores_to_rgb
+from .picam import PicameraCamera, lores_to_rgb, start_video
 
 log = logging.getLogger(__name__)
 DEFAULT_INFERENCE_RATE = 30.0  # picamera2's NetworkIntrinsics default
@@ -92,14 +92,13 @@ class Imx500Camera(PicameraCamera):
         if self._module is not None:
             return self._module.Picamera2, self._module.IMX500
         try:
-            from picamera2 import Picamera2  # type: ignore[import-not-found]
+            picamera2, _ = self._import()
             from picamera2.devices import IMX500  # type: ignore[import-not-found]
-        except ImportError as e:
-            raise CameraError(
-                f"picamera2's IMX500 support is not importable: on Raspberry Pi OS run `sudo apt install "
-                f"{IMX500_PACKAGE} python3-picamera2` and create the venv with --system-site-packages (install.sh "
-                "does both for an AI Camera board config)", kind="open") from e
-        return Picamera2, IMX500
+        except (ImportError, CameraError) as e:
+            raise CameraError(f"picamera2's IMX500 support is not importable: on Raspberry Pi OS `sudo apt install "
+                              f"{IMX500_PACKAGE} python3-picamera2` and a venv with --system-site-packages "
+                              "(install.sh does both for an AI Camera board config)", kind="open") from e
+        return picamera2, IMX500
 
     def _open(self) -> None:
         picamera2, imx500_cls = self._import_devices()
@@ -124,21 +123,10 @@ class Imx500Camera(PicameraCamera):
         except (IndexError, RuntimeError) as e:
             raise CameraError(f"IMX500 camera {imx.camera_num} cannot be opened ({e})", kind="open") from e
         size = (int(self.cfg_imx.size[0]), int(self.cfg_imx.size[1]))
-        try:
-            config = cam.create_video_configuration(
-                main={"size": size, "format": "YUV420"},  # needed by libcamera; never read
-                lores=None if self.mode == "metadata" else {"size": size, "format": self.cfg_imx.lores_format},
-                controls={"FrameRate": fps},
-                buffer_count=self.cfg_imx.buffer_count,
-                display=None,
-                encode=None,
-            )
-            cam.configure(config)
-            cam.start()
-        except Exception as e:
-            cam.close()
-            raise CameraError(f"picamera2 rejected the IMX500 configuration ({e}); try another camera.size or "
-                              "framerate", kind="open") from e
+        start_video(cam, "try another camera.size or framerate",
+                    main={"size": size, "format": "YUV420"},  # needed by libcamera; never read
+                    lores=None if self.mode == "metadata" else {"size": size, "format": self.cfg_imx.lores_format},
+                    controls={"FrameRate": fps}, buffer_count=self.cfg_imx.buffer_count)
         self._imx, self._intrinsics, self._cam = imx, intr, cam
         self.inference_rate = fps
         self.input_size = tuple(imx.get_input_size())  # type: ignore[assignment]

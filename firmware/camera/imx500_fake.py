@@ -222,24 +222,11 @@ class Picamera2(_FakePicamera2):
         return {**self._config, "raw": {"size": FULL_SENSOR}}
 
     def _next(self, wait: Any, pixels: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        if not self._started or self._config is None:
-            raise RuntimeError("Camera is not started")
-        timeout = None if wait is None or wait is True else float(wait)
-        if self.rig.wedged:
-            if self._stopped.wait(timeout):
-                raise RuntimeError("camera stopped while waiting for a frame")
-            raise TimeoutError("timed out")
-        fps = float(self._config["controls"].get("FrameRate", 30.0))
+        fps = self._wait_frame(wait, paced=self.rig.paced)
+        assert self._config is not None
         if not self.rig.paced:
             with self.rig.lock:
                 self.rig.virtual_s += 1.0 / fps
-        else:
-            delay = self._next_t - time.monotonic()
-            if delay > 0 and self._stopped.wait(delay if timeout is None else min(delay, timeout)):
-                raise RuntimeError("camera stopped while waiting for a frame")
-            if timeout is not None and delay > timeout:
-                raise TimeoutError("timed out")
-            self._next_t = max(self._next_t + 1.0 / fps, time.monotonic())
         rig = self.rig
         with rig.lock:
             n = rig.frames

@@ -71,6 +71,17 @@ def lores_to_rgb(lores: np.ndarray, size: list[int] | tuple[int, int], fmt: str)
     return cv2.cvtColor(np.ascontiguousarray(lores[: h * 3 // 2, :w]), cv2.COLOR_YUV2RGB_I420)
 
 
+def start_video(cam: Any, hint: str, **streams: Any) -> None:
+    """Configure a video configuration with no display or encoder and start it; on any failure the
+    camera is closed and the error says what to try (``hint``)."""
+    try:
+        cam.configure(cam.create_video_configuration(**streams, display=None, encode=None))
+        cam.start()
+    except Exception as e:
+        cam.close()
+        raise CameraError(f"picamera2 rejected the configuration ({e}); {hint}", kind="open") from e
+
+
 class PicameraCamera(Camera):
     def __init__(self, cfg: PicameraConfig, *, clock: Callable[[], float] = time.monotonic,
                  picamera2_module: ModuleType | None = None,
@@ -115,22 +126,16 @@ class PicameraCamera(Camera):
                 mode = choose_sensor_mode(list(cam.sensor_modes), lores, cfg.framerate)
             sensor = {} if mode is None else {"output_size": tuple(mode["size"]),
                                                **({"bit_depth": mode["bit_depth"]} if "bit_depth" in mode else {})}
-            config = cam.create_video_configuration(
-                main={"size": lores, "format": "YUV420"},  # the smallest main allowed: never read
-                lores={"size": lores, "format": cfg.lores_format},
-                sensor=sensor,
-                controls={"FrameRate": float(cfg.framerate)},
-                transform=transform(hflip=int(cfg.hflip), vflip=int(cfg.vflip)),
-                buffer_count=cfg.buffer_count,
-                display=None,
-                encode=None,
-            )
-            cam.configure(config)
-            cam.start()
         except Exception as e:
             cam.close()
-            raise CameraError(f"picamera2 rejected the configuration ({e}); try another lores size, "
-                              "sensor_size or framerate") from e
+            raise CameraError(f"picamera2 cannot list the sensor's modes ({e})") from e
+        start_video(cam, "try another lores size, sensor_size or framerate",
+                    main={"size": lores, "format": "YUV420"},  # the smallest main allowed: never read
+                    lores={"size": lores, "format": cfg.lores_format},
+                    sensor=sensor,
+                    controls={"FrameRate": float(cfg.framerate)},
+                    transform=transform(hflip=int(cfg.hflip), vflip=int(cfg.vflip)),
+                    buffer_count=cfg.buffer_count)
         self.sensor_mode = mode
         log.info("picamera2: lores %dx%d %s from sensor mode %s", *lores, cfg.lores_format,
                  None if mode is None else "x".join(map(str, mode["size"])))

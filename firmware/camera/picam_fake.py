@@ -157,7 +157,8 @@ class Picamera2:
             with self.rig.lock:
                 self.rig.open_cameras -= 1
 
-    def capture_request(self, wait: Any = None, signal_function: Any = None, flush: Any = None) -> _Request:
+    def _wait_frame(self, wait: Any, paced: bool = True) -> float:
+        """Block until the next frame is due (``wait`` as picamera2's); returns the frame rate."""
         if not self._started or self._config is None:
             raise RuntimeError("Camera is not started")
         timeout = None if wait is None or wait is True else float(wait)
@@ -166,12 +167,19 @@ class Picamera2:
             if self._stopped.wait(timeout):
                 raise RuntimeError("camera stopped while waiting for a frame")
             raise TimeoutError("timed out")
+        if not paced:
+            return fps
         delay = self._next_t - time.monotonic()
         if delay > 0 and self._stopped.wait(delay if timeout is None else min(delay, timeout)):
             raise RuntimeError("camera stopped while waiting for a frame")
         if timeout is not None and delay > timeout:
             raise TimeoutError("timed out")
         self._next_t = max(self._next_t + 1.0 / fps, time.monotonic())
+        return fps
+
+    def capture_request(self, wait: Any = None, signal_function: Any = None, flush: Any = None) -> _Request:
+        fps = self._wait_frame(wait)
+        assert self._config is not None
         arrays = {}
         for name in ("main", "lores"):
             stream = self._config[name]

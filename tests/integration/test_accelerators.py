@@ -5,7 +5,6 @@ the Hailo stand-in), and the sim board running on the AI Camera stand-in end to 
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import cv2
@@ -20,7 +19,7 @@ from firmware.inference import Detections, Detector, create_detector
 from firmware.models import load_manifest
 from firmware.tracking.tracker import iou_matrix
 from tests.conftest import ROOT, _merge
-from tests.integration.test_process import _get, _start, _stop, _wait_url
+from tests.integration.test_process import _get, _start, _stop, _wait_url, _wait_vectors
 
 N_FRAMES = 60
 AICAM_CONFIG = ROOT / "board_configs" / "sim-aicam.yaml"
@@ -157,19 +156,7 @@ def test_metadata_mode_keeps_every_pixel_out_and_reports_the_sensors_timings(aic
 def test_the_ai_camera_sim_board_serves_as_a_process(models_dir, vtest):
     proc = _start("--config", str(AICAM_CONFIG), "--port", "0")
     try:
-        url = _wait_url(proc)
-        for _ in range(100):  # bounded: 10 s
-            code, health = _get(url + "/health", token=None)
-            if code == 200:
-                break
-            time.sleep(0.1)
-        assert health["status"] == "ok"
-        for _ in range(100):  # bounded: 10 s
-            code, body = _get(url + "/v1/vectors?limit=20")
-            if body["vectors"]:
-                break
-            time.sleep(0.1)
-        assert code == 200 and body["vectors"]
+        _wait_vectors(url := _wait_url(proc))
         code, status = _get(url + "/v1/status")
         assert code == 200 and status["camera"]["imx500"]["frames_without_outputs"] == 0
         assert status["camera"]["imx500"]["inference_rate"] == 10.0

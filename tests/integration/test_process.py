@@ -51,6 +51,23 @@ def _get(url: str, token: str | None = TOKEN) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def _wait_vectors(url: str) -> dict:
+    """/health ok, then the first vectors (each bounded: 10 s; the first 2 s window closes ~2-4 s after start)."""
+    for _ in range(100):
+        code, health = _get(url + "/health", token=None)
+        if code == 200:
+            break
+        time.sleep(0.1)
+    assert health["status"] == "ok"
+    for _ in range(100):
+        code, body = _get(url + "/v1/vectors?limit=20")
+        if body["vectors"]:
+            break
+        time.sleep(0.1)
+    assert code == 200 and body["vectors"]
+    return body
+
+
 def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str]:
     proc.send_signal(sig)
     try:
@@ -67,18 +84,8 @@ def test_serves_vectors_and_stops_cleanly(models_dir, vtest, sig):
     try:
         url = _wait_url(proc)
         assert url.startswith("http://127.0.0.1:")
-        for _ in range(100):  # bounded: 10 s
-            code, health = _get(url + "/health", token=None)
-            if code == 200:
-                break
-            time.sleep(0.1)
-        assert health["status"] == "ok"
-        for _ in range(100):  # bounded: 10 s; the first 2 s window closes ~2-4 s after start
-            code, body = _get(url + "/v1/vectors?limit=20")
-            if body["vectors"]:
-                break
-            time.sleep(0.1)
-        assert code == 200 and body["schema"] == 1 and body["vectors"]
+        body = _wait_vectors(url)
+        assert body["schema"] == 1
         assert all(len(v["token"]) == 32 for v in body["vectors"])
         assert _get(url + "/v1/status", token="not-the-token-at-all")[0] == 401
     finally:
