@@ -23,6 +23,7 @@ from aiohttp import web
 from . import __version__
 from .camera import Camera, create_camera
 from .config import LoadedConfig, ReplayCameraConfig
+from .counts import CountStore
 from .errors import CameraError, CuecamError
 from .http.app import build_app
 from .http.auth import Token, check_bind, load_token
@@ -89,6 +90,10 @@ class Service:
             wall_clock=wall_clock,
         )
         stats = self.pipeline.stats
+        # line crossings, queue waits and occupancy: numbers only, in RAM, retention and purges as the vectors
+        self.counts = CountStore(cfg.zones, cfg.privacy.retention_s)
+        self.pipeline.observers.append(
+            lambda _fid, t_mono, res: self.counts.observe(t_mono, wall_clock(), clock(), res.counts))
 
         def switched() -> None:
             stats.model_switches += 1
@@ -101,7 +106,7 @@ class Service:
         self.schedule = ClosedSchedule(cfg.privacy.closed_hours, cfg.privacy.timezone)
         self.pipeline.closed = self.schedule.closed
         self.privacy = PrivacyController(cfg.privacy, pipeline=self.pipeline, vectors=self.vectors, audit=self.audit,
-                                         clock=clock, wall_clock=wall_clock)
+                                         clock=clock, wall_clock=wall_clock, counts=self.counts)
         self.companions = CompanionVerifier.from_config(loaded, clock=wall_clock, audit=self.audit)  # AuthError: a key
         # lifecycle: serve() stops when stop_event is set and exits with exit_code
         self.stop_event = asyncio.Event()

@@ -9,6 +9,7 @@ own directory, so a config works from any working directory.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
@@ -268,21 +269,45 @@ Point = Annotated[list[Annotated[float, Field(ge=0.0, le=1.0)]], Field(min_lengt
 WorldPoint = Annotated[list[Annotated[float, Field(ge=-1e4, le=1e4)]], Field(min_length=2, max_length=2)]
 
 
+AREA_KINDS = ("attraction", "entrance", "aisle", "queue", "excluded")  # zones drawn as a polygon
+ZONE_KINDS = (*AREA_KINDS, "line")  # every kind, as the config accepts them (a zone editor reads this)
+ZoneKind = Literal["attraction", "entrance", "aisle", "queue", "excluded", "line"]
+
+
 class ZoneConfig(_Strict):
-    """A region of the image (normalized x, y; 0,0 top left) with a behavioural meaning.
+    """A region of the image (normalized x, y; 0,0 top left) with a behavioural meaning, or a
+    counting line.
 
     attraction: a display, shelf or sign, with a focus point people may face and approach;
-    entrance, aisle: places where stays are measured; excluded: nothing is ever measured there."""
+    entrance, aisle: places where stays are measured; queue: a place people wait in (a till, a
+    fitting room): its length now and how long the people who left it waited; excluded: nothing
+    is ever measured there (staff areas). These are drawn as a ``polygon``.
+
+    line: a counting line, drawn as a polyline (``line``, 2 or more points): people's feet
+    crossing it are counted by direction, "in" towards ``in_side`` (left or right as seen in the
+    image when walking the line from its first point to its last), once they are ``hysteresis``
+    past it. ``entrance``: the line is a door of the store, and its "in" count is the store's
+    footfall at the gateway."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    kind: Literal["attraction", "entrance", "aisle", "excluded"]
-    polygon: Annotated[list[Point], Field(min_length=3, max_length=64)]
+    kind: ZoneKind
+    polygon: Annotated[list[Point], Field(min_length=3, max_length=64)] | None = None
     focus: Point | None = None
     # Approach/avoid is measured within this distance of the focus point: metres with a
     # ground_plane, else person heights (box heights, ~1.7 m).
     influence: float | None = Field(default=None, gt=0, le=100)
     # Expected stay in seconds; when absent the zone learns it (running median, RAM only).
     expected_dwell_s: float | None = Field(default=None, gt=0, le=3600)
+    # kind: line only
+    line: Annotated[list[Point], Field(min_length=2, max_length=64)] | None = None
+    in_side: Literal["left", "right"] | None = None
+    # How far past the line the feet must be before a crossing counts (and back before it can
+    # count the other way): metres with a ground_plane, else person heights. Default 0.3 person
+    # heights (0.5 m with a ground plane): more than a detector's box wobble, less than a step.
+    hysteresis: float | None = Field(default=None, gt=0, le=10)
+    entrance: bool | None = None  # a store door (default true for a line): its "in" count is footfall
+    # kind: queue only. Someone inside less than this is passing by, not queueing (default 2 s).
+    min_wait_s: float | None = Field(default=None, ge=0, le=600)
 
     @model_validator(mode="after")
     def _check(self) -> ZoneConfig:
@@ -290,12 +315,37 @@ class ZoneConfig(_Strict):
             raise ValueError("an attraction zone needs a focus point (the display or shelf people would face)")
         if self.kind != "attraction" and (self.focus is not None or self.influence is not None):
             raise ValueError("only attraction zones take focus and influence")
+        if self.kind != "queue" and self.min_wait_s is not None:
+            raise ValueError("only queue zones take min_wait_s")
+        if self.kind == "line":
+            if self.polygon is not None or self.expected_dwell_s is not None:
+                raise ValueError("a line zone is a polyline: give `line` (2 or more points), not polygon or expected_dwell_s")
+            if self.line is None:
+                raise ValueError("a line zone needs `line`: 2 or more points [[x, y], ...]")
+            if self.in_side is None:
+                raise ValueError("a line zone needs in_side: left or right (as seen walking the line from its "
+                                 "first point to its last), the side people are in once they crossed in")
+            length = sum(((b[0] - a[0]) ** 2 + (b[1] - a[1]) ** 2) ** 0.5 for a, b in itertools.pairwise(self.line))
+            if length < 1e-2:
+                raise ValueError("line is (almost) a point: its points must span at least 1 % of the frame")
+            return self
+        if self.line is not None or self.in_side is not None or self.hysteresis is not None or self.entrance is not None:
+            raise ValueError("only line zones take line, in_side, hysteresis and entrance")
+        if self.polygon is None:
+            raise ValueError(f"a {self.kind} zone needs a polygon: 3 or more points [[x, y], ...]")
         xs = [p[0] for p in self.polygon]
         ys = [p[1] for p in self.polygon]
         area = 0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs))))
         if area < 1e-4:
             raise ValueError("polygon has (almost) no area")
         return self
+
+    @property
+    def points(self) -> list[list[float]]:
+        """The polygon of an area zone, the polyline of a line."""
+        pts = self.line if self.kind == "line" else self.polygon
+        assert pts is not None
+        return pts
 
 
 class GroundPlaneConfig(_Strict):

@@ -29,6 +29,7 @@ class SceneRun:
     zone_names: list[str] = field(default_factory=list)
     tokens: dict[str, list[str]] = field(default_factory=dict)  # track id -> the session tokens its vectors carried
     t0: float = 0.0  # the frame timeline at scene time 0 (windows are aligned on the timeline, not the scene)
+    counts: list = field(default_factory=list)  # per frame: the counter's CountFrame (crossings, waits, occupancy)
 
     def track_of(self, actor: int) -> list[str]:
         """Track ids matched (IoU >= 0.5) to ``actor``'s truth box, by frame, most common first."""
@@ -62,11 +63,12 @@ def _xyxy(b: list[float]) -> np.ndarray:
     return np.array([b[0], b[1], b[0] + b[2], b[1] + b[3]])
 
 
-def scene_path(name: str) -> Path:
-    return SCENES_DIR / f"{name}.yaml"
+def scene_path(name: str | Path) -> Path:
+    """A scene of firmware/camera/scenes by name, or a scene file."""
+    return name if isinstance(name, Path) else SCENES_DIR / f"{name}.yaml"
 
 
-async def _run(name: str, overrides: dict | None) -> SceneRun:
+async def _run(name: str | Path, overrides: dict | None) -> SceneRun:
     path = scene_path(name)
     scene = load_scene(path)
     loaded = sim_config({"camera": {"type": "synthetic", "scene": str(path), "pacing": "fast"}, **(overrides or {})})
@@ -77,7 +79,7 @@ async def _run(name: str, overrides: dict | None) -> SceneRun:
     pacer = svc.pipeline.camera._pacer
     window = loaded.config.signals.window_s
     pacer._t0 = math.ceil(pacer._t0 / window) * window
-    run = SceneRun(name, scene.fps, scene.size, actor_names=[a.name for a in scene.spec.actors],
+    run = SceneRun(str(name), scene.fps, scene.size, actor_names=[a.name for a in scene.spec.actors],
                    zone_names=[z.name for z in loaded.config.zones])
     renderer = SceneRenderer(scene)  # cached sprites: cheap
     w, h = scene.size
@@ -105,6 +107,7 @@ async def _run(name: str, overrides: dict | None) -> SceneRun:
             if st is not None and st.token not in run.tokens.setdefault(tr.tid, []):
                 run.tokens[tr.tid].append(st.token)
         run.vectors.extend(res.vectors)
+        run.counts.append(res.counts)
 
     svc.pipeline.observers.append(observe)
     await svc.start()
@@ -117,7 +120,7 @@ async def _run(name: str, overrides: dict | None) -> SceneRun:
     return run
 
 
-def run_scene(name: str, overrides: dict | None = None) -> SceneRun:
+def run_scene(name: str | Path, overrides: dict | None = None) -> SceneRun:
     return asyncio.run(_run(name, overrides))
 
 

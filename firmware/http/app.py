@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from .. import __version__
+from ..counts import BUCKET_S, COUNTS_SCHEMA
 from ..privacy.audit import AUDIT_SCHEMA
 from ..privacy.notice import PRIVACY_SCHEMA, privacy_notice
 from ..signals.schema import AGGREGATES_SCHEMA, SCHEMA, VECTORS_SCHEMA, aggregates, to_json
@@ -140,6 +141,8 @@ VECTOR_PARAMS = (
     ZoneParam("zone", "Only vectors whose zone has this name."),
 )
 AGGREGATE_PARAMS = (IntParam("window", "Aggregate the vectors of the last this many seconds.", 60, 1, 3600),)
+COUNT_PARAMS = (IntParam("since", "Buckets ending after this wall-clock time (epoch seconds; 0: all held).",
+                         0, 0, 2**40),)
 
 
 async def vectors(request: web.Request) -> web.Response:
@@ -164,9 +167,23 @@ async def aggregates_handler(request: web.Request) -> web.Response:
     now, mono = svc.wall(), svc.now()  # the window on the monotonic clock: a wall-clock jump moves nothing
     recs = svc.vectors.between(mono - q["window"], mono + 1.0, svc.vectors.capacity, field="t_mono").records
     zones = [(z.name, z.kind) for z in svc.config.zones]
+    k = svc.config.privacy.k_anonymity
+    counting = svc.counts.window(q["window"], mono, k)
     return json_response({"schema": SCHEMA, "window_s": q["window"], "until": round(now, 3),
-                          "k_anonymity": svc.config.privacy.k_anonymity,
-                          "zones": aggregates(recs, zones, svc.config.privacy.k_anonymity)})
+                          "k_anonymity": k, "zones": aggregates(recs, zones, k),
+                          "people": counting["people"], "occupancy": counting["zones"], "lines": counting["lines"],
+                          "queues": counting["queues"]})
+
+
+async def counts_handler(request: web.Request) -> web.Response:
+    svc = request.app[SERVICE]
+    q = parse_query(request, COUNT_PARAMS)
+    c = svc.counts
+    return json_response({"boot_id": svc.boot_id, "bucket_s": BUCKET_S, "until": round(svc.wall(), 3),
+                          "retention_s": c.retention_s,
+                          "lines": [{"line": ln.name, "entrance": ln.entrance} for ln in c.lines],
+                          "queues": [qz.name for qz in c.queues],
+                          "buckets": c.buckets(float(q["since"]), svc.wall())})
 
 
 @contextlib.contextmanager
@@ -336,9 +353,32 @@ class _ServiceCollector:
             gg = GaugeMetricFamily(gname, gdoc)
             gg.add_metric([], gvalue)
             yield gg
+        yield from _counting_metrics(svc)
         info = GaugeMetricFamily("cuecam_info", "Build and board.", labels=["version", "board", "kind", "model"])
         info.add_metric([__version__, svc.config.board.name, svc.config.board.kind, svc.detector_name or ""], 1.0)
         yield info
+
+
+def _counting_metrics(svc: Device) -> Iterator[Metric]:
+    """People now, per zone and per queue, and the line crossings held (gauges: an opt-out purges them)."""
+    c, cur = svc.counts, svc.counts.current(svc.now())
+    people = GaugeMetricFamily("cuecam_people", "People in view now (NaN when no frame was analysed for 2 s).")
+    people.add_metric([], float("nan") if cur is None else float(cur.people))
+    yield people
+    occ = GaugeMetricFamily("cuecam_zone_occupancy", "People now per area zone.", labels=["zone"])
+    for z in c.areas:
+        occ.add_metric([z.name], float("nan") if cur is None else float(cur.occupancy[z.index]))
+    yield occ
+    que = GaugeMetricFamily("cuecam_queue_length", "People queueing now (inside a queue zone for min_wait_s).",
+                            labels=["zone"])
+    for qz in c.queues:
+        que.add_metric([qz.name], float("nan") if cur is None else float(cur.queues[qz.index]))
+    yield que
+    cross = GaugeMetricFamily("cuecam_line_crossings", "Line crossings held in RAM (privacy.retention_s, opt-out "
+                              "purges applied), by line and direction.", labels=["line", "direction"])
+    for (line, direction), n in c.totals().items():
+        cross.add_metric([line, direction], float(n))
+    yield cross
 
 
 def _tasks() -> float:
@@ -421,6 +461,8 @@ _OPTOUT_SCHEMA = {
         "source": {"type": "string"},
         "latency_ms": {"type": "number", "description": "Request to paused-and-purged."},
         "purged": {"type": "object", "properties": {"vectors": {"type": "integer"}, "tracks": {"type": "integer"},
+                                                     "counts": {"type": "integer", "description": "Line crossings "
+                                                                "and queue waits of the look-back."},
                                                      "frames": {"type": "integer"}}},
     },
 }
@@ -430,8 +472,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/status", status, "Board, model, frame rate, inference latency, drops, uptime, buffer fill."),
     Route("GET", "/v1/vectors", vectors, "Sentiment vectors (schema 1), one per track per window, after a cursor.",
           params=VECTOR_PARAMS, response=VECTORS_SCHEMA),
-    Route("GET", "/v1/aggregates", aggregates_handler, "Per-zone counts and signal means over the last window seconds.",
+    Route("GET", "/v1/aggregates", aggregates_handler, "Per-zone counts and signal means over the last window seconds, "
+          "with people in view, occupancy per zone, line crossings and queues.",
           params=AGGREGATE_PARAMS, response=AGGREGATES_SCHEMA),
+    Route("GET", "/v1/counts", counts_handler, "Counting lines (in/out), queue waits and occupancy in fixed 1-min "
+          "buckets ending after `since`: numbers only, RAM, the vectors' retention and opt-out purges.",
+          params=COUNT_PARAMS, response=COUNTS_SCHEMA),
     Route("GET", "/v1/privacy", privacy, "The public privacy notice (what the store's sign says).", auth=False,
           response=PRIVACY_SCHEMA),
     Route("GET", "/v1/audit", audit, "The opt-out audit log: privacy events with counts, oldest first.",

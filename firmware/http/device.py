@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ..config import Config
+from ..counts import CountStore
 from ..ota_agent import OtaAgent
 from ..pipeline import PipelineStats
 from ..privacy.audit import AuditLog
@@ -56,6 +57,9 @@ class Device(Protocol):
 
     @property
     def vectors(self) -> RingBuffer: ...
+
+    @property
+    def counts(self) -> CountStore: ...  # line crossings, queue waits, occupancy
 
     @property
     def audit(self) -> AuditLog: ...

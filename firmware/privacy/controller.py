@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..config import PrivacyConfig
+from ..counts import CountStore
 from ..ringbuffer import RingBuffer
 from .audit import AuditLog
 from .signage import Signage
@@ -42,10 +43,11 @@ class Measuring(Protocol):
 
 class PrivacyController:
     def __init__(self, cfg: PrivacyConfig, *, pipeline: Measuring, vectors: RingBuffer, audit: AuditLog,
-                 clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], wall_clock: Callable[[], float], counts: CountStore | None = None) -> None:
         self.cfg = cfg
         self.pipeline = pipeline
         self.vectors = vectors
+        self.counts = counts  # line crossings, queue waits, occupancy samples: purged and expired alike
         self.audit = audit
         self.now = clock
         self.wall = wall_clock
@@ -123,12 +125,14 @@ class PrivacyController:
         # readers (the gateway) forget by sequence numbers, which no clock jump can shift: every
         # vector of this boot from seq_from to seq_to (the newest; windows still open are dropped)
         seq_to = self.vectors.newest_seq
-        if lookback is None:
+        cutoff = None if lookback is None else self.now() - lookback
+        if cutoff is None:
             seq_from, vectors = 1, self.vectors.clear()
         else:
-            cutoff = self.now() - lookback
             seq_from = self.vectors.first_seq_from(cutoff, field="t_mono")
             vectors = self.vectors.purge_since(cutoff, field="t_mono")
+        # the counts of the look-back too: a crossing has no identity, but alone in its minute it is them
+        counts = 0 if self.counts is None else self.counts.purge(cutoff, t_wall, self.now())
         pause_s = self.cfg.optout.pause_s if pause_s is None else pause_s
         self._paused_until = self.now() + pause_s
         self._start_timer(pause_s)
@@ -139,7 +143,7 @@ class PrivacyController:
         self.purges.append({"n": self.optouts, "seq_from": seq_from, "seq_to": seq_to,
                             "since": 0.0 if lookback is None else round(t_wall - lookback, 3), "t": round(t_wall, 3)})
         self.last_optout = {"source": source, "latency_ms": round(latency_ms, 2),
-                            "purged": {"vectors": vectors, "tracks": tracks, "frames": frames}}
+                            "purged": {"vectors": vectors, "tracks": tracks, "frames": frames, "counts": counts}}
         result = {"paused": True, "remaining_s": round(pause_s, 3), **self.last_optout}
         # appended and fsynced off the event loop; under the lock, so the log's order is the board's
         await asyncio.to_thread(self.audit.append, "optout", source, vectors=vectors, tracks=tracks, frames=frames,
@@ -182,7 +186,10 @@ class PrivacyController:
     def expire(self) -> int:
         """Zero the vectors older than privacy.retention_s; on the monotonic clock, so a wall-clock
         jump (NTP after a boot without RTC) expires nothing early."""
-        n = self.vectors.expire(self.now() - self.cfg.retention_s, field="t_mono")
+        cutoff = self.now() - self.cfg.retention_s
+        n = self.vectors.expire(cutoff, field="t_mono")
+        if self.counts is not None:
+            self.counts.expire(cutoff)
         self.expired += n
         return n
 

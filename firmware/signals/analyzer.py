@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from ..config import Config, TrackingConfig
 from ..inference import Detections, Detector
 from ..inference.base import SensorOutputs
 from ..inference.pose import PoseEstimator
+from ..tracking.counting import Counter, CountFrame
 from ..tracking.tracker import Track, Tracker, TrackerConfig
 from ..tracking.zones import ZoneMap
 from .engine import SignalEngine, Vector
@@ -31,6 +32,7 @@ class FrameResult:
     pose_invokes: int
     tracked: tuple[Track, ...] = ()  # the confirmed tracks of this frame (boxes and random ids only)
     confident: int = 0  # detections at or above tracking.high_score (people the detector is sure of)
+    counts: CountFrame = field(default_factory=CountFrame)  # line crossings, queue waits, occupancy (numbers only)
 
 
 def tracker_config(t: TrackingConfig) -> TrackerConfig:
@@ -47,6 +49,7 @@ class FrameAnalyzer:
         self.pose = pose if cfg.signals.pose != "off" else None
         self.tracker = Tracker(tracker_config(cfg.tracking))
         self.engine: SignalEngine | None = None  # built at the first frame, when its size is known
+        self.counter: Counter | None = None  # lines, occupancy, queues (with the engine)
         self._size: tuple[int, int] | None = None
 
     def reset(self) -> int:
@@ -56,6 +59,8 @@ class FrameAnalyzer:
         self.tracker.reset()
         if self.engine is not None:
             n = max(n, self.engine.reset())
+        if self.counter is not None:
+            self.counter.reset()
         return n
 
     def detect(self, image: np.ndarray | None, outputs: SensorOutputs | None = None) -> Detections:
@@ -80,8 +85,9 @@ class FrameAnalyzer:
             raise ValueError("a frame without pixels needs its size and its detections")
         if self.engine is None or self._size != (w, h):
             self._size = (w, h)
-            self.engine = SignalEngine(self.cfg.signals, ZoneMap(self.cfg.zones, self.cfg.ground_plane, w, h),
-                                       self.cfg.privacy.token_rotation_s)
+            zones = ZoneMap(self.cfg.zones, self.cfg.ground_plane, w, h)
+            self.engine = SignalEngine(self.cfg.signals, zones, self.cfg.privacy.token_rotation_s)
+            self.counter = Counter(zones)
         if dets is None:
             dets = self.detect(image)
         model_ms = dets.infer_ms
@@ -106,5 +112,7 @@ class FrameAnalyzer:
                                                min_box_px=self.cfg.signals.pose_min_box_px)
                     self.engine.set_facing(tr.tid, t, facing, conf)
         vectors = self.engine.step(t, tracks, self.tracker.ended, dets.capped)
+        assert self.counter is not None
+        counts = self.counter.step(t, tracks, self.tracker.ended, self.tracker.tracks)
         return FrameResult(dets, vectors, len(tracks), model_ms, before + (time.perf_counter() - t0) * 1000.0, invokes,
-                           tuple(tracks), dets.above(self.tracker.cfg.high_score))
+                           tuple(tracks), dets.above(self.tracker.cfg.high_score), counts)

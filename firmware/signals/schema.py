@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..counts import COUNTING_AGGREGATES
 from ..tracking.zones import PERSON_HEIGHT_M
 from .engine import EXIT_NAMES, ORIENTATION_NAMES, Vector
 
@@ -115,7 +116,8 @@ def aggregates(records: np.ndarray, zones: Sequence[tuple[str, str]], k: int = 1
     ``null`` for people in no zone). A cell computed from fewer than ``k`` distinct tokens is
     suppressed: every number in it is null (k-anonymity)."""
     out = []
-    cells: list[tuple[int, str | None, str | None]] = [(i, n, k) for i, (n, k) in enumerate(zones) if k != "excluded"]
+    cells: list[tuple[int, str | None, str | None]] = [(i, n, k) for i, (n, k) in enumerate(zones)
+                                                       if k not in ("excluded", "line")]  # a line has no stays
     cells.append((-1, None, None))
     for zi, name, kind in cells:
         sel = records[records["zone"] == zi]
@@ -211,8 +213,9 @@ _MEAN = {"type": ["number", "null"]}
 AGGREGATES_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["schema", "window_s", "until", "k_anonymity", "zones"],
+    "required": ["schema", "window_s", "until", "k_anonymity", "zones", *COUNTING_AGGREGATES],
     "properties": {
+        **COUNTING_AGGREGATES,  # people, occupancy, lines, queues (firmware.counts)
         "schema": {"type": "integer", "const": SCHEMA},
         "window_s": {"type": "integer"},
         "until": {"type": "number"},
