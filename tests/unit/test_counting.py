@@ -216,3 +216,32 @@ def test_a_queue_forms_and_drains(fps, phase):
         assert max(r[1] for r in frames) == 3  # the passer-by never queued
         assert [at(t, 2) for t in times] == [0, 1, 2, 3, 2, 1, 0], seed  # occupancy of the zone
         assert [at(t, 3) for t in (3.0, 7.0, 11.0, 19.0, 25.0, 31.0)] == [1, 2, 3, 2, 1, 0], seed  # people in view
+
+
+@pytest.mark.parametrize(("zone", "message"), [
+    ({"kind": "line", "line": DOOR}, "in_side"),
+    ({"kind": "line", "in_side": "left"}, "needs `line`"),
+    ({"kind": "line", "line": [[0.5, 0.5], [0.502, 0.5]], "in_side": "left"}, r"almost\) a point"),
+    ({"kind": "line", "line": DOOR, "in_side": "left", "polygon": QUEUE["polygon"]}, "polyline"),
+    ({"kind": "queue", "polygon": QUEUE["polygon"], "in_side": "left"}, "only line zones"),
+    ({"kind": "aisle", "polygon": QUEUE["polygon"], "min_wait_s": 3}, "only queue zones"),
+    ({"kind": "queue"}, "needs a polygon"),
+    ({"kind": "line", "line": DOOR, "in_side": "up"}, "in_side"),
+])
+def test_line_and_queue_zones_are_checked(zone, message):
+    with pytest.raises(ValueError, match=message):
+        ZoneConfig(name="z", **zone)
+
+
+def test_a_line_in_a_board_config_validates_with_its_line(tmp_path):
+    from firmware.config import load_config
+    from firmware.errors import ConfigError
+    from tests.conftest import SIM_CONFIG
+
+    text = SIM_CONFIG.read_text().replace("zones:\n", "zones:\n  - {name: door, kind: line, line: [[0.1, 0.6], [0.9, 0.6]]}\n", 1)
+    bad = tmp_path / "board.yaml"
+    bad.write_text(text.replace("source: ../media", f"source: {SIM_CONFIG.parent}/../media"))
+    with pytest.raises(ConfigError, match=r"board.yaml:\d+: .*in_side"):
+        load_config(bad)
+    bad.write_text(bad.read_text().replace("[[0.1, 0.6], [0.9, 0.6]]}", "[[0.1, 0.6], [0.9, 0.6]], in_side: right}"))
+    assert next(z.kind for z in load_config(bad).config.zones) == "line"
