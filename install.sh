@@ -8,12 +8,18 @@
 #   3. a venv in /opt/cuecam/venv made with --system-site-packages, so the apt picamera2, libcamera
 #      and gpiozero are used, and cuecam with the rest of its dependencies from PyPI installed into it
 #      with numpy pinned to Debian's (pip's numpy 2 breaks picamera2's simplejpeg);
+#      and the accelerator's packages the board kind asks for: imx500-all on an AI Camera board
+#      (*-aicam: the sensor's firmware, the model zoo in /usr/share/imx500-models), hailo-all on a
+#      Hailo board (*-hailo: HailoRT, its PCIe driver, /usr/share/hailo-models);
 #   4. the cuecam system user (groups video and gpio, and on a Coral board plugdev for the USB
-#      accelerator or apex for the PCIe one), /etc/cuecam (root:cuecam 0750, config and
+#      accelerator or apex for the PCIe one, on a Hailo board hailo), /etc/cuecam (root:cuecam 0750, config and
 #      token) and /var/lib/cuecam (cuecam 0750: OTA slots, audit log); nothing else is written at run time;
 #   5. the firmware source in /opt/cuecam/src, the model files in /opt/cuecam/models, OTA slot a;
 #   6. cuecam.service and cuecam-firstboot.service, enabled (on a Coral board with a drop-in,
-#      cuecam.service.d/coral.conf, that adds the accelerator's group).
+#      cuecam.service.d/coral.conf, that adds the accelerator's group; on a Hailo board
+#      cuecam.service.d/hailo.conf: group hailo and DeviceAllow=/dev/hailo0, with a udev rule,
+#      60-cuecam-hailo.rules, that gives /dev/hailo0 to group hailo, mode 0660, instead of HailoRT's
+#      world-writable default).
 # The board's config and API token come from `cuecam provision` (see README, "Installing on a Raspberry Pi").
 #
 # Options:
@@ -26,7 +32,8 @@
 #   --board KIND      the board kind (rpi4, rpi5-coral-usb, ...; default: board.kind of /etc/cuecam/board.yaml):
 #                     a Coral board's service user gets the accelerator's device group
 #   --coral usb|pcie|none  the Coral accelerator, when the board kind does not say (PCIe: /dev/apex_0)
-#   --units-only      only write the systemd units (and the Coral drop-in) under --root, then stop
+#   --units-only      only write the systemd units (and the accelerator drop-ins) under --root, then stop
+#   --print-apt       print the apt packages this board needs (one line) and stop
 set -euo pipefail
 
 SRC="$(cd "$(dirname "$0")" && pwd)"
@@ -39,6 +46,7 @@ PYTHON=${CUECAM_SYSTEM_PYTHON:-/usr/bin/python3}
 BOARD=""
 CORAL=""
 UNITS_ONLY=0
+PRINT_APT=0
 
 die() { echo "install.sh: error: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
@@ -53,6 +61,7 @@ while [ $# -gt 0 ]; do
     --board) BOARD="${2:?--board needs a board kind}"; shift 2 ;;
     --coral) CORAL="${2:?--coral needs usb, pcie or none}"; shift 2 ;;
     --units-only) UNITS_ONLY=1; shift ;;
+    --print-apt) PRINT_APT=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -79,6 +88,19 @@ case "$CORAL" in
   *) die "--coral must be usb, pcie or none, not $CORAL" ;;
 esac
 
+# The other accelerators, by board kind: the AI Camera (its sensor is a V4L2 subdevice: the
+# camera's own device access covers it) and the Hailo AI Kit / HAT+ (/dev/hailo0).
+case "$BOARD" in
+  *-aicam) ACCEL=imx500; ACCEL_APT=imx500-all ;;
+  *-hailo) ACCEL=hailo; ACCEL_APT=hailo-all ;;
+  *) ACCEL=none; ACCEL_APT="" ;;
+esac
+BASE_APT="python3 python3-venv python3-pip python3-numpy python3-yaml python3-gpiozero python3-picamera2"
+if [ "$PRINT_APT" = 1 ]; then
+  echo "$BASE_APT${ACCEL_APT:+ $ACCEL_APT}"
+  exit 0
+fi
+
 write_units() {
   UNITS="$ROOT/etc/systemd/system"
   install -d -m 0755 "$UNITS"
@@ -93,8 +115,19 @@ write_units() {
     say "Coral $CORAL: cuecam.service also runs with group $CORAL_GROUP"
   else
     rm -f "$UNITS/cuecam.service.d/coral.conf"
-    rmdir "$UNITS/cuecam.service.d" 2>/dev/null || true
   fi
+  if [ "$ACCEL" = hailo ]; then
+    install -d -m 0755 "$UNITS/cuecam.service.d" "$ROOT/etc/udev/rules.d"
+    printf '# written by install.sh: the Hailo AI Kit / AI HAT+ (/dev/hailo0) for the service\n[Service]\nSupplementaryGroups=hailo\nDeviceAllow=/dev/hailo0 rw\n' \
+      > "$UNITS/cuecam.service.d/hailo.conf"
+    printf '# written by install.sh: /dev/hailo0 for group hailo only (HailoRT'"'"'s own rule makes it 0666)\nSUBSYSTEM=="hailo_chardev", KERNEL=="hailo*", GROUP="hailo", MODE="0660"\n' \
+      > "$ROOT/etc/udev/rules.d/60-cuecam-hailo.rules"
+    chmod 0644 "$UNITS/cuecam.service.d/hailo.conf" "$ROOT/etc/udev/rules.d/60-cuecam-hailo.rules"
+    say "Hailo: cuecam.service also runs with group hailo and may open /dev/hailo0"
+  else
+    rm -f "$UNITS/cuecam.service.d/hailo.conf" "$ROOT/etc/udev/rules.d/60-cuecam-hailo.rules"
+  fi
+  rmdir "$UNITS/cuecam.service.d" 2>/dev/null || true
 }
 if [ "$UNITS_ONLY" = 1 ]; then
   write_units
@@ -116,11 +149,16 @@ fi
 
 # 2. apt packages (picamera2 is in the Raspberry Pi archive; plain Debian has no python3-picamera2)
 if [ "$APT" = 1 ]; then
-  want="python3 python3-venv python3-pip python3-numpy python3-yaml python3-gpiozero"
+  want="${BASE_APT% python3-picamera2}"
   if apt-cache show python3-picamera2 >/dev/null 2>&1; then
     want="$want python3-picamera2"
   else
     say "warning: no python3-picamera2 in the apt sources (not Raspberry Pi OS?): Pi cameras will not work"
+  fi
+  if [ -n "$ACCEL_APT" ]; then
+    apt-cache show "$ACCEL_APT" >/dev/null 2>&1 ||
+      die "board $BOARD needs $ACCEL_APT, which is not in the apt sources: it is in the Raspberry Pi OS archive (Bookworm)"
+    want="$want $ACCEL_APT"
   fi
   missing=""
   for p in $want; do
@@ -150,10 +188,10 @@ if [ -z "$ROOT" ]; then
     say "created the system user cuecam"
   fi
   usermod -a -G video,gpio cuecam
-  if [ -n "$CORAL_GROUP" ]; then
-    getent group "$CORAL_GROUP" >/dev/null || groupadd --system "$CORAL_GROUP"
-    usermod -a -G "$CORAL_GROUP" cuecam
-  fi
+  for g in $CORAL_GROUP $([ "$ACCEL" = hailo ] && echo hailo); do
+    getent group "$g" >/dev/null || groupadd --system "$g"
+    usermod -a -G "$g" cuecam
+  done
   install -d -m 0755 -o root -g root "$DEST"
   install -d -m 0750 -o root -g cuecam "$ETC"
   install -d -m 0750 -o cuecam -g cuecam "$STATE"
@@ -216,6 +254,9 @@ fi
 
 # 6. systemd units
 write_units
+if [ -z "$ROOT" ] && [ "$ACCEL" = hailo ] && command -v udevadm >/dev/null; then
+  udevadm control --reload-rules && udevadm trigger --subsystem-match=hailo_chardev || true
+fi
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable cuecam-firstboot.service cuecam.service

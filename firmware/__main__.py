@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     if args.validate_config:
+        from .board_check import check_board
+
         bad = 0
         for f in args.validate_config:
             try:
@@ -43,8 +45,16 @@ def main(argv: list[str] | None = None) -> int:
             except ConfigError as e:
                 bad += 1
                 print(e, file=sys.stderr)
-            else:
-                print(f"{f}: ok (board {loaded.config.board.name}, {loaded.config.board.kind})")
+                continue
+            board = check_board(loaded)
+            if board.problems:
+                bad += 1
+                for problem in board.problems:
+                    print(f"{f}: {problem}", file=sys.stderr)
+                continue
+            print(f"{f}: ok (board {loaded.config.board.name}, {loaded.config.board.kind})")
+            for need in board.needs:
+                print(f"  needs {need}")
         return 2 if bad else 0
 
     if args.port is not None and not 0 <= args.port <= 65535:

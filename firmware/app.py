@@ -29,6 +29,8 @@ from .http.app import build_app
 from .http.auth import Token, check_bind, load_token
 from .http.guard import DeviceRunner
 from .http.tls import server_context
+from .inference import Devices
+from .inference.base import REAL_DEVICES
 from .model_manager import LoadedModels, ModelManager, load_models
 from .ota_agent import RESTART_EXIT_CODE, OtaAgent
 from .pipeline import Pipeline, PipelineStats, RestartPolicy
@@ -188,6 +190,9 @@ class Service:
         await self.models.close()
         await self.privacy.close()
         await self.pipeline.close()
+        if self.models.detector is not None:  # after the detector thread is joined: a Hailo device let go
+            with contextlib.suppress(Exception):
+                self.models.detector.close()
         self.supervisor.notifier.close()
 
 
@@ -208,11 +213,12 @@ async def build_service(
     wall_clock: Callable[[], float] = time.time,
     clock: Callable[[], float] = time.monotonic,
     notifier: Notifier | None = None,
+    devices: Devices = REAL_DEVICES,
 ) -> tuple[Service, Token]:
     """Load the models, open the camera, find the token: every start-up check, before serving.
     Model problems degrade the board (see load_models); a missing token or camera stops it."""
     cfg = loaded.config
-    models = load_models(loaded)
+    models = load_models(loaded, devices=devices)
     token = load_token(
         loaded.resolve(cfg.api.token_file),
         generate=cfg.api.generate_token,

@@ -133,6 +133,12 @@ class Imx500CameraConfig(_Strict):
     fake_footage: str | None = Field(default=None, min_length=1, max_length=4096)
     fake_pacing: Literal["realtime", "fast"] = "realtime"
 
+    def resolved_mode(self, pose: bool) -> Literal["metadata", "lores"]:
+        """The mode it runs in: auto reads pixels only when pose is on."""
+        if self.mode != "auto":
+            return self.mode
+        return "lores" if pose else "metadata"
+
     @field_validator("size")
     @classmethod
     def _size_aligned(cls, v: list[int]) -> list[int]:

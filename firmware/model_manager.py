@@ -19,7 +19,8 @@ import numpy as np
 
 from .config import LoadedConfig
 from .errors import CuecamError, InferenceError, ModelError
-from .inference import Detector, create_detector
+from .inference import Detector, Devices, create_detector
+from .inference.base import REAL_DEVICES
 from .inference.pose import PoseEstimator, create_pose_estimator
 from .models import load_manifest
 from .signals.analyzer import FrameAnalyzer
@@ -43,39 +44,42 @@ class LoadedModels:
     pose: PoseEstimator | None = None
     problem: str | None = None
     on_fallback: bool = False  # the configured detector would not load; the fallback did
+    devices: Devices = REAL_DEVICES  # accelerator stand-ins they were loaded with (also for retries)
 
 
-def _load_detector(loaded: LoadedConfig, model: str | None = None) -> Detector:
+def _load_detector(loaded: LoadedConfig, model: str | None = None, devices: Devices = REAL_DEVICES) -> Detector:
     """The configured detector, or ``model`` on the CPU (the fallback). ModelError/InferenceError."""
     cfg = loaded.config.inference
     if model is not None:
         cfg = cfg.model_copy(update={"delegate": "cpu", "detector": cfg.detector.model_copy(update={"model": model})})
     manifest_dir = loaded.resolve(cfg.models_dir)
-    return create_detector(cfg, manifest_dir, load_manifest(manifest_dir / "manifest.yaml"))
+    return create_detector(cfg, manifest_dir, load_manifest(manifest_dir / "manifest.yaml"), devices)
 
 
 def _load_pose(loaded: LoadedConfig) -> PoseEstimator:
     cfg = loaded.config
     inf = cfg.inference
     manifest_dir = loaded.resolve(inf.models_dir)
+    # pose runs on the Edge TPU with a Coral; beside a Hailo or an AI Camera it runs on the CPU
+    delegate = inf.delegate if inf.delegate == "edgetpu" else "cpu"
     return create_pose_estimator(cfg.signals.pose_model, manifest_dir, load_manifest(manifest_dir / "manifest.yaml"),
-                                 runtime=inf.runtime, threads=inf.num_threads, delegate=inf.delegate)
+                                 runtime=inf.runtime, threads=inf.num_threads, delegate=delegate)
 
 
-def _probe_primary(loaded: LoadedConfig) -> tuple[Detector, PoseEstimator | None]:
+def _probe_primary(loaded: LoadedConfig, devices: Devices = REAL_DEVICES) -> tuple[Detector, PoseEstimator | None]:
     """The configured detector (and pose, when it runs on the same accelerator), loaded and run on
     one blank frame: raises if either will not load or invoke."""
-    det = _load_detector(loaded)
+    det = _load_detector(loaded, devices=devices)
     if not det.on_camera:  # a network on the camera runs on the camera's frames, not on a probe
         w, h = det.runner.input_size
         det.detect(np.zeros((h, w, 3), np.uint8))
     pose = None
-    if loaded.config.signals.pose != "off" and loaded.config.inference.delegate != "cpu":
+    if loaded.config.signals.pose != "off" and loaded.config.inference.delegate == "edgetpu":
         pose = _load_pose(loaded)
     return det, pose
 
 
-def load_models(loaded: LoadedConfig) -> LoadedModels:
+def load_models(loaded: LoadedConfig, *, devices: Devices = REAL_DEVICES) -> LoadedModels:
     """Detector and pose estimator, or why not. A model that is missing, corrupt, of the wrong
     signature, or whose delegate will not load does not stop the board: the API comes up degraded
     with the reason, on ``inference.fallback_model`` (CPU) when the config names one."""
@@ -84,7 +88,7 @@ def load_models(loaded: LoadedConfig) -> LoadedModels:
     detector: Detector | None = None
     on_fallback = False
     try:
-        detector = _load_detector(loaded)
+        detector = _load_detector(loaded, devices=devices)
     except (ModelError, InferenceError) as e:
         problems.append(f"detector {cfg.inference.detector.model}: {e}")
         fb = cfg.inference.fallback_model
@@ -106,7 +110,7 @@ def load_models(loaded: LoadedConfig) -> LoadedModels:
     problem = "; ".join(problems) or None
     if problem:
         log.error("model: %s", problem)
-    return LoadedModels(detector, pose, problem, on_fallback)
+    return LoadedModels(detector, pose, problem, on_fallback, devices)
 
 
 Worker = Callable[[Callable[[], Any]], Awaitable[Any]]
@@ -127,6 +131,7 @@ class ModelManager:
         self._on_switch = on_switch
         self.detector = models.detector
         self.pose = models.pose
+        self._devices = models.devices
         # Why the board does not run the configured models (None: it does), for people to read.
         self.problem = models.problem
         if models.detector is None:
@@ -152,7 +157,10 @@ class ModelManager:
         return self.state in (ModelState.PRIMARY, ModelState.FALLBACK)
 
     def _use_detector(self, det: Detector) -> None:
+        old = self.detector
         self.detector = self.analyzer.detector = det
+        if old is not None and old is not det:
+            old.close()  # a Hailo device is released (the switch runs on the analysis thread, between frames)
 
     def _use_pose(self, pose: PoseEstimator | None) -> None:
         self.pose = self.analyzer.pose = pose
@@ -198,7 +206,7 @@ class ModelManager:
         both work, go back to them. Runs on the analysis thread, between frames."""
         self.primary_tries += 1
         try:
-            det, pose = await self._worker(lambda: _probe_primary(self.loaded))
+            det, pose = await self._worker(lambda: _probe_primary(self.loaded, self._devices))
         except Exception as e:  # anything: the accelerator is still gone; stay on the fallback
             self.primary_error = f"{type(e).__name__}: {e}"[:300]
             log.info("model: the configured detector is still unavailable (%s); staying on the fallback",

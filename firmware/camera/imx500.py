@@ -44,7 +44,7 @@ import numpy as np
 
 from ..config import DetectorConfig, Imx500CameraConfig, InferenceConfig
 from ..errors import CameraError, InferenceError, ModelError
-from ..inference.base import Detector, SensorOutputs
+from ..inference.base import REAL_DEVICES, Detector, Devices, SensorOutputs
 from ..models import ResolvedModel
 from .base import Camera, Capture
 from .picam import PicameraCamera, lores_to_rgb, start_video
@@ -78,7 +78,7 @@ class Imx500Camera(PicameraCamera):
         # a sensor keeps sending frames; only the sim's unpaced recording waits to be read
         self.live = cfg.fake_footage is None or cfg.fake_pacing == "realtime"
         self.network = network
-        self.mode = cfg.mode if cfg.mode != "auto" else ("lores" if pose else "metadata")
+        self.mode = cfg.resolved_mode(pose)
         self.description = f"IMX500 AI Camera ({self.mode}, {network.name})"
         self._imx: Any = None
         self._intrinsics: Any = None
@@ -228,7 +228,7 @@ class Imx500Detector(Detector):
     on_camera = True
 
     @classmethod
-    def build(cls, model: ResolvedModel, cfg: InferenceConfig) -> Detector:
+    def build(cls, model: ResolvedModel, cfg: InferenceConfig, devices: Devices = REAL_DEVICES) -> Detector:
         return cls(SensorRunner(model), cfg.detector)
 
     def __init__(self, runner: SensorRunner, cfg: DetectorConfig) -> None:

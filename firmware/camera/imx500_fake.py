@@ -302,7 +302,6 @@ def record(footage: Path, models_dir: Path, out: Path = RECORDING) -> Recording:
     from ..config import InferenceConfig
     from ..inference import create_detector
     from ..inference.detector_ssd import SsdDetector
-    from ..inference.runner import dequantize
     from ..models import load_manifest
 
     det = create_detector(InferenceConfig(), models_dir, load_manifest(models_dir / "manifest.yaml"))
@@ -319,27 +318,11 @@ def record(footage: Path, models_dir: Path, out: Path = RECORDING) -> Recording:
         size = (bgr.shape[1], bgr.shape[0])
         w, h = runner.input_size
         runner.invoke(cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (w, h), interpolation=cv2.INTER_LINEAR))
-        s = dequantize(runner.raw_output(1)[0], det._score_quant).astype(np.float32)  # (anchors, 1 + classes)
-        first = det.person_column - int(runner.model.entry.person_class or 0)  # column of class 0 (after background)
-        cls_scores = s[:, first:]
-        best = np.argmax(cls_scores, axis=1)
-        best_s = cls_scores[np.arange(len(best)), best]
-        keep = np.flatnonzero(best_s >= RECORD_FLOOR)
-        if len(keep):
-            e = dequantize(runner.raw_output(0)[0, keep], det._enc_quant).astype(np.float32) / det._scales
-            a = det.anchors[keep]
-            yc, xc = e[:, 0] * a[:, 2] + a[:, 0], e[:, 1] * a[:, 3] + a[:, 1]
-            bh, bw = np.exp(e[:, 2]) * a[:, 2], np.exp(e[:, 3]) * a[:, 3]
-            yx = np.clip(np.stack([yc - bh / 2, xc - bw / 2, yc + bh / 2, xc + bw / 2], axis=1), 0.0, 1.0)
-            nms: Any = cv2.dnn.NMSBoxesBatched
-            xywh = np.stack([yx[:, 1], yx[:, 0], yx[:, 3] - yx[:, 1], yx[:, 2] - yx[:, 0]], axis=1)
-            picked = np.asarray(nms(xywh, best_s[keep], best[keep].astype(np.int32), RECORD_FLOOR, det.nms_iou),
-                                dtype=np.int64).reshape(-1)
-            picked = picked[np.argsort(-best_s[keep][picked], kind="stable")][:MAX_DETECTIONS]
-            boxes.append(yx[picked])
-            scores.append(best_s[keep][picked])
-            classes.append(best[keep][picked])
-        offsets.append(offsets[-1] + (len(picked) if len(keep) else 0))
+        yx, sc, cl = det.all_classes(RECORD_FLOOR, MAX_DETECTIONS)
+        boxes.append(yx)
+        scores.append(sc)
+        classes.append(cl)
+        offsets.append(offsets[-1] + len(sc))
     cap.release()
     if size is None:
         raise SystemExit(f"{footage}: no frames")

@@ -39,6 +39,17 @@ class Runner(Protocol):
     def invoke(self, pixels: np.ndarray) -> None: ...
 
 
+@dataclass(frozen=True)
+class Devices:
+    """Accelerator libraries to use instead of the real ones (the shipped stand-ins, in tests and on
+    sim boards); None: the real library, imported when its backend is built."""
+
+    hailo: Any = None  # a module like picamera2.devices with Hailo (inference/hailo_fake.py)
+
+
+REAL_DEVICES = Devices()  # the real libraries
+
+
 @dataclass(frozen=True, slots=True)
 class SensorOutputs:
     """A network's output tensors for one frame, computed on the camera and delivered with it.
@@ -106,7 +117,7 @@ class Detector(ABC):
         self._check_outputs()
 
     @classmethod
-    def build(cls, model: ResolvedModel, cfg: InferenceConfig) -> Detector:
+    def build(cls, model: ResolvedModel, cfg: InferenceConfig, devices: Devices = REAL_DEVICES) -> Detector:
         """The detector for a verified model: by default a TFLite interpreter (``ModelRunner``) on
         the bytes ``prepare`` returns; accelerators with their own runtime override this."""
         from .runner import ModelRunner

@@ -102,3 +102,29 @@ class SsdDetector(Detector):
         nms: Any = cv2.dnn.NMSBoxes
         picked = np.asarray(nms(xywh, scores, self.cfg.score_threshold, self.nms_iou), dtype=np.int64).reshape(-1)
         return boxes[picked], scores[picked]
+
+    def all_classes(self, floor: float, limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The last invoke's detections over every class, as an SSD's post-processing op gives
+        them: each anchor's best class, decoded, class-aware NMS at the model's IoU, the best
+        ``limit`` down to ``floor``. Boxes (n, 4) y0, x0, y1, x1 clipped to 0..1, scores (n,),
+        label indices (n,) (person_class numbering). For stand-ins of accelerators that run such a
+        network (camera/imx500_fake.py, inference/hailo_fake.py)."""
+        s = dequantize(self.runner.raw_output(1)[0], self._score_quant).astype(np.float32)
+        first = self.person_column - int(self.runner.model.entry.person_class or 0)  # label 0's column
+        cls = s[:, first:]
+        best = np.argmax(cls, axis=1)
+        best_s = cls[np.arange(len(best)), best]
+        keep = np.flatnonzero(best_s >= floor)
+        if not len(keep):
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+        e = dequantize(self.runner.raw_output(0)[0, keep], self._enc_quant).astype(np.float32) / self._scales
+        a = self.anchors[keep]
+        yc, xc = e[:, 0] * a[:, 2] + a[:, 0], e[:, 1] * a[:, 3] + a[:, 1]
+        h, w = np.exp(e[:, 2]) * a[:, 2], np.exp(e[:, 3]) * a[:, 3]
+        yx = np.clip(np.stack([yc - h / 2, xc - w / 2, yc + h / 2, xc + w / 2], axis=1), 0.0, 1.0).astype(np.float32)
+        xywh = np.stack([yx[:, 1], yx[:, 0], yx[:, 3] - yx[:, 1], yx[:, 2] - yx[:, 0]], axis=1)
+        nms: Any = cv2.dnn.NMSBoxesBatched
+        picked = np.asarray(nms(xywh, best_s[keep], best[keep].astype(np.int32), floor, self.nms_iou),
+                            dtype=np.int64).reshape(-1)
+        picked = picked[np.argsort(-best_s[keep][picked], kind="stable")][:limit]
+        return yx[picked], best_s[keep][picked], best[keep][picked].astype(np.int64)

@@ -55,3 +55,39 @@ async def test_the_ai_camera_delivers_network_outputs_with_every_frame(mode):
         assert ((d.boxes >= 0) & (d.boxes <= 1)).all() and (d.scores >= 0.25).all()
     st = cam.status()["imx500"]
     assert st["kpi_ms"]["dnn"]["p50"] is not None and st["kpi_ms"]["dnn"]["p50"] > 0  # the sensor's own timings
+
+
+def test_the_hailo_runs_the_hef_with_matching_hailort_versions(shared_media):
+    import cv2
+
+    from firmware.inference.detector_hailo import HailoDetector, _library_version, _read_driver_version
+
+    pytest.importorskip("picamera2.devices", reason="picamera2 only exists on Raspberry Pi OS")
+    if not Path("/dev/hailo0").exists():
+        pytest.skip("no Hailo device (/dev/hailo0): AI Kit / AI HAT+ on a Pi 5")
+    manifest = load_manifest(DEFAULT_MANIFEST)
+    key = "hailo_yolov8s_h8" if "HAILO8L" not in _identify() else "hailo_yolov8s_h8l"
+    if not Path(str(manifest.models[key].system_file)).is_file():
+        pytest.skip("sudo apt install hailo-all")
+    assert _read_driver_version() == _library_version(), "HailoRT driver and library differ: the board would fall back"
+    det = create_detector(InferenceConfig(delegate="hailo", detector={"model": key}), MODELS, manifest)
+    assert isinstance(det, HailoDetector)
+    try:
+        img = cv2.cvtColor(cv2.imread(str(shared_media / "test_couple.jpg")), cv2.COLOR_BGR2RGB)
+        t0 = time.perf_counter()
+        dets = [det.detect(img) for _ in range(20)]
+        per_frame_ms = (time.perf_counter() - t0) * 1000 / 20
+    finally:
+        det.close()
+    assert all(d.above(0.5) >= 2 for d in dets)  # the couple
+    assert per_frame_ms < 100
+
+
+def _identify() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["hailortcli", "fw-control", "identify"], capture_output=True, text=True,
+                              timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""

@@ -123,3 +123,27 @@ def test_the_board_kind_comes_from_the_provisioned_config(tmp_path: Path) -> Non
     assert _run("--root", str(root), "--units-only").returncode == 0
     assert "SupplementaryGroups=plugdev" in (root / "etc/systemd/system/cuecam.service.d/coral.conf").read_text()
     assert _run("--root", str(root), "--units-only", "--coral", "bogus").returncode != 0
+
+
+@pytest.mark.parametrize(("board", "package"), [("rpi5-hailo", "hailo-all"), ("rpi-zero2w-aicam", "imx500-all"),
+                                                ("rpi5-aicam", "imx500-all"), ("rpi5", None), ("rpi5-coral-usb", None)])
+def test_an_accelerator_board_gets_its_packages(tmp_path: Path, board: str, package: str | None) -> None:
+    r = _run("--board", board, "--print-apt")
+    assert r.returncode == 0, r.stderr
+    pkgs = r.stdout.split()
+    assert "python3-picamera2" in pkgs
+    assert [p for p in pkgs if p in ("hailo-all", "imx500-all")] == ([package] if package else [])
+
+
+def test_a_hailo_board_gets_dev_hailo0_for_its_group_only(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert _run("--root", str(root), "--units-only", "--board", "rpi5-hailo").returncode == 0
+    dropin = root / "etc/systemd/system/cuecam.service.d/hailo.conf"
+    lines = [ln for ln in dropin.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines == ["[Service]", "SupplementaryGroups=hailo", "DeviceAllow=/dev/hailo0 rw"]
+    rule = root / "etc/udev/rules.d/60-cuecam-hailo.rules"
+    assert 'SUBSYSTEM=="hailo_chardev", KERNEL=="hailo*", GROUP="hailo", MODE="0660"' in rule.read_text()
+    assert not (root / "etc/systemd/system/cuecam.service.d/coral.conf").exists()
+    # an AI Camera board needs no drop-in: the sensor is a V4L2 subdevice, already allowed
+    assert _run("--root", str(root), "--units-only", "--board", "rpi5-aicam").returncode == 0
+    assert not dropin.exists() and not rule.exists() and not (root / "etc/systemd/system/cuecam.service.d").exists()
