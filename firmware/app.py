@@ -22,7 +22,8 @@ from aiohttp import web
 
 from . import __version__
 from .camera import Camera, create_camera
-from .config import LoadedConfig, ReplayCameraConfig
+from .commissioning import LiveView, ZoneFile
+from .config import Config, LoadedConfig, ReplayCameraConfig
 from .counts import CountStore
 from .errors import CameraError, CuecamError
 from .http.app import build_app
@@ -126,6 +127,14 @@ class Service:
                                boot_id=self.boot_id, started=self.started, clock=clock, wall_clock=wall_clock)
         self.pipeline_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # The commissioning view (GET /ui): only built, fed and served while commissioning.enabled.
+        self.commissioning: LiveView | None = None
+        self.zone_file = ZoneFile(loaded.path)
+        if cfg.commissioning.enabled:
+            self.commissioning = LiveView(cfg.commissioning, cfg.zones, clock=clock, retention_s=cfg.privacy.retention_s)
+            self.pipeline.observers.append(self.commissioning.observe)
+            self.privacy.purgers.append(self.commissioning.purge)
+            self.privacy.expirers.append(self.commissioning.expire)
 
     # -- what the HTTP API reads (http.device.Device) --------------------------------------------
     def uptime(self) -> float:
@@ -148,6 +157,26 @@ class Service:
     @property
     def watchdog_pings(self) -> int:
         return self.supervisor.watchdog_pings
+
+    async def apply_zones(self, cfg: Config) -> None:
+        """The zones of ``cfg`` (a validated config) in effect from the next frame on, without a restart.
+        Zone names of this run only grow: a vector held in the buffer keeps naming the zone it was made
+        in, and /v1/aggregates reports the zones configured now. The counting figures (lines, queues,
+        occupancy) are laid out by zone, so they start again."""
+        zones = list(cfg.zones)
+        names = self.zone_names
+        names.extend(z.name for z in zones if z.name not in names)
+        ids = [names.index(z.name) for z in zones]
+        await self.pipeline.run_on_worker(lambda: self.analyzer.set_zones(zones, ids))
+        # the counting figures (lines, queues, occupancy) are laid out by zone: they start again with the zones
+        self.counts = CountStore(zones, self.config.privacy.retention_s)
+        self.privacy.counts = self.counts
+        self.config = self.config.model_copy(update={"zones": zones})
+        self.loaded = LoadedConfig(self.config, self.loaded.path)
+        self.view.cfg = self.config
+        if self.commissioning is not None:
+            self.commissioning.set_zones(zones)
+        log.info("zones applied: %s", ", ".join(z.name for z in zones) or "none")
 
     # -- lifecycle -------------------------------------------------------------------------------
     def attach_signage(self) -> None:

@@ -530,6 +530,22 @@ class OtaConfig(_Strict):
     pull_hosts: Annotated[list[Annotated[str, Field(min_length=1, max_length=253)]], Field(max_length=16)] = []
 
 
+class CommissioningConfig(_Strict):
+    """The commissioning view (GET /ui, docs/commissioning.md): on a black canvas the boxes, skeletons and
+    short tails of the people seen now, the zones with their live numbers, a heat map of where feet have been,
+    and the zone editor that saves this file. Numbers and geometry only, never a pixel. Off on a production
+    board: turned on while a camera is mounted and its zones drawn, then off again. Off, its routes do not exist."""
+
+    enabled: bool = False
+    rate_hz: float = Field(default=5.0, ge=0.5, le=15)  # live messages per second, at most, per stream
+    max_streams: int = Field(default=4, ge=1, le=16)  # pages watching at once (each client one stream)
+    max_stream_s: float = Field(default=3600.0, ge=10, le=86400)  # a stream then ends (the page reconnects)
+    tail_s: float = Field(default=3.0, ge=0, le=10)  # how much of each person's path is drawn
+    # The traffic map: people stepping into each cell over the last heatmap_minutes (at most privacy.retention_s).
+    heatmap_minutes: int = Field(default=10, ge=1, le=60)
+    heatmap_grid: Annotated[list[Annotated[int, Field(ge=4, le=96)]], Field(min_length=2, max_length=2)] = [48, 36]
+
+
 class Config(_Strict):
     version: Literal[1]
     board: BoardConfig
@@ -545,6 +561,7 @@ class Config(_Strict):
     ota: OtaConfig = OtaConfig()
     health: HealthConfig = HealthConfig()
     thermal: ThermalConfig = ThermalConfig()
+    commissioning: CommissioningConfig = CommissioningConfig()
 
     @field_validator("tracking")
     @classmethod

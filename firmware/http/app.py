@@ -27,14 +27,13 @@ from ..counts import BUCKET_S, COUNTS_SCHEMA
 from ..privacy.audit import AUDIT_SCHEMA
 from ..privacy.notice import PRIVACY_SCHEMA, privacy_notice
 from ..signals.schema import AGGREGATES_SCHEMA, SCHEMA, VECTORS_SCHEMA, aggregates, to_json
-from . import companion
+from . import companion, ui
 from .auth import Token
-from .device import Device
+from .device import SERVICE, Device
 from .guard import API_CONFIG, MAX_BODY, RATE_LIMITER, STREAMING, UNTIMED, RateLimiter, deadline, idle_chunks, limits
 
 log = logging.getLogger(__name__)
 
-SERVICE: web.AppKey[Device] = web.AppKey("service")
 TOKEN = web.AppKey("token", Token)
 PRESSING: web.AppKey[dict[str, Any]] = web.AppKey("pressing")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -166,7 +165,10 @@ async def aggregates_handler(request: web.Request) -> web.Response:
     q = parse_query(request, AGGREGATE_PARAMS)
     now, mono = svc.wall(), svc.now()  # the window on the monotonic clock: a wall-clock jump moves nothing
     recs = svc.vectors.between(mono - q["window"], mono + 1.0, svc.vectors.capacity, field="t_mono").records
-    zones = [(z.name, z.kind) for z in svc.config.zones]
+    # vectors name zones by their index in zone_names (which edited zones only extend); a zone no longer
+    # configured is left out, as excluded zones are
+    kinds = {z.name: z.kind for z in svc.config.zones}
+    zones = [(n, kinds.get(n, "excluded")) for n in svc.zone_names]
     k = svc.config.privacy.k_anonymity
     counting = svc.counts.window(q["window"], mono, k)
     return json_response({"schema": SCHEMA, "window_s": q["window"], "until": round(now, 3),
@@ -505,9 +507,60 @@ ROUTES: tuple[Route, ...] = (
           response={"type": "string"}),
     Route("GET", "/openapi.json", openapi, "This document."),
 )
-PUBLIC_PATHS = frozenset(r.path for r in ROUTES if not r.auth)
-STREAMING_PATHS = frozenset(r.path for r in ROUTES if r.stream)
-UNTIMED_PATHS = frozenset(r.path for r in ROUTES if r.untimed)
+_NUM = {"type": ["number", "null"]}
+_POINT = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+_UI_ZONE = {"type": "object", "required": ["name", "kind", "now"], "properties": {
+    "name": {"type": "string"}, "kind": {"type": "string"}, "now": {"type": "integer", "description": "People in it now."},
+    "tracks": {"type": "integer"}, "engagement": _NUM, "dwell_satisfaction": _NUM, "approach_avoid": _NUM}}
+_ZONES_SCHEMA = {
+    "type": "object", "required": ["zones", "size", "file", "can_undo"],
+    "properties": {"zones": {"type": "array", "maxItems": 1024, "items": {"type": "object"}},
+                   "size": {"type": ["array", "null"], "items": {"type": "integer"}},
+                   "file": {"type": "string"}, "can_undo": {"type": "boolean"}, "saved": {"type": "boolean"}},
+}
+_ZONE_ERRORS = ((409, "Not saved: the file could not be written or read back"),
+                (422, "The zones are not valid (error.problems lists each); nothing was saved"))
+# The commissioning view (http/ui.py): these routes exist only while commissioning.enabled.
+UI_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/ui", ui.page, "The commissioning page (static; its data comes from /v1/ui/* with the token).",
+          auth=False, content_type="text/html", response={"type": "string"}),
+    Route("GET", "/ui/commissioning.js", ui.script, "The commissioning page's script.", auth=False,
+          content_type="text/javascript", response={"type": "string"}),
+    Route("GET", "/ui/commissioning.css", ui.style, "The commissioning page's style.", auth=False,
+          content_type="text/css", response={"type": "string"}),
+    Route("GET", "/v1/ui/live", ui.live, "The live view as server-sent events, at most commissioning.rate_hz a "
+          "second: people as normalized boxes, keypoints and paths; zones with people now and signals.",
+          content_type="text/event-stream",
+          response={"type": "string"}, untimed=True,
+          errors=((503, "commissioning.max_streams pages are open already"),)),
+    Route("GET", "/v1/ui/heatmap", ui.heatmap, "The traffic map: per grid cell, the people who stepped into it over "
+          "the last commissioning.heatmap_minutes, at most privacy.retention_s (span_s; sparse [column, row, count]).",
+          response={
+              "type": "object", "required": ["span_s", "grid", "max", "cells"],
+              "properties": {"span_s": {"type": "integer"}, "grid": {"type": "array", "items": {"type": "integer"}},
+                             "max": {"type": "integer"},
+                             "cells": {"type": "array", "maxItems": 96 * 96,
+                                       "items": {"type": "array", "items": {"type": "integer"}}}}}),
+    Route("GET", "/v1/ui/zones", ui.zones_get, "The zones in effect, the frame size, and whether a save can be undone.",
+          response=_ZONES_SCHEMA),
+    Route("POST", "/v1/ui/zones", ui.zones_post, "Replace the zones: validated like the config file, saved into it "
+          "atomically (the old file kept for one undo), in effect from the next frame.", response=_ZONES_SCHEMA,
+          body={"required": True, "content": {"application/json": {"schema": {
+              "type": "object", "required": ["zones"], "additionalProperties": False,
+              "properties": {"zones": {"type": "array", "maxItems": 64, "items": {"type": "object"}}}}}}},
+          errors=_ZONE_ERRORS),
+    Route("POST", "/v1/ui/zones/undo", ui.zones_undo, "Put back the config file from before the last zone save.",
+          response=_ZONES_SCHEMA, errors=((409, "Nothing to undo, or the previous file cannot be used"),)),
+)
+_ALL_ROUTES = ROUTES + UI_ROUTES
+PUBLIC_PATHS = frozenset(r.path for r in _ALL_ROUTES if not r.auth)
+STREAMING_PATHS = frozenset(r.path for r in _ALL_ROUTES if r.stream)
+UNTIMED_PATHS = frozenset(r.path for r in _ALL_ROUTES if r.untimed)
+
+
+def routes_for(commissioning: bool) -> tuple[Route, ...]:
+    """The routes a board serves: the commissioning view's only while it is on."""
+    return _ALL_ROUTES if commissioning else ROUTES
 
 
 def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -518,7 +571,7 @@ def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str,
 
 
 def openapi_document(zones: list[str] | None = None, max_limit: int | None = None,
-                     pull_hosts: list[str] | None = None) -> dict[str, Any]:
+                     pull_hosts: list[str] | None = None, routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ROUTES; ``zones`` (the board's zone names) become the enum of the
     ``zone`` parameter, ``max_limit`` (api.max_limit) the maximum of ``limit``. Every status the
     server can answer is listed, the common ones included. The pull URL's ``pattern`` is the one
@@ -526,7 +579,7 @@ def openapi_document(zones: list[str] | None = None, max_limit: int | None = Non
     from ..ota_agent import pull_url_pattern
 
     paths: dict[str, Any] = {}
-    for r in ROUTES:
+    for r in routes:
         responses: dict[str, Any] = {
             "200": {"description": "OK", "content": {r.content_type: {"schema": r.response}}},
         }
@@ -633,12 +686,15 @@ def build_app(svc: Device, token: Token, *, manage_service: bool = True) -> web.
     app[STREAMING] = STREAMING_PATHS
     app[UNTIMED] = UNTIMED_PATHS
     app[PRESSING] = {}
-    app[OPENAPI] = openapi_document(svc.zone_names, api.max_limit, list(svc.config.ota.pull_hosts))
+    routes = routes_for(svc.config.commissioning.enabled)
+    app[OPENAPI] = openapi_document(svc.zone_names, api.max_limit, list(svc.config.ota.pull_hosts), routes)
+    if svc.config.commissioning.enabled:
+        ui.setup(app, svc)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_ServiceCollector(svc))  # type: ignore[arg-type]
     companion.setup(app, svc.companions, svc.audit, registry)
     app[METRICS] = registry
-    for r in ROUTES:
+    for r in routes:
         app.router.add_route(r.method, r.path, r.handler)
     if manage_service:
 

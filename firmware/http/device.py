@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from aiohttp import web
+
+from ..commissioning import LiveView, ZoneFile
 from ..config import Config
 from ..counts import CountStore
 from ..ota_agent import OtaAgent
@@ -96,6 +99,18 @@ class Device(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    # the commissioning view (http/ui.py): None while commissioning is off
+    @property
+    def commissioning(self) -> LiveView | None: ...
+
+    @property
+    def zone_file(self) -> ZoneFile: ...
+
+    async def apply_zones(self, cfg: Config) -> None: ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+SERVICE: web.AppKey[Device] = web.AppKey("service")  # the device behind the handlers of an app

@@ -40,7 +40,7 @@ MAX_CLIENTS = 4096  # rate-limit buckets kept; idle (full) buckets go first
 API_CONFIG = web.AppKey("api_config", ApiConfig)
 RATE_LIMITER: web.AppKey[RateLimiter] = web.AppKey("rate_limiter")
 STREAMING = web.AppKey("streaming_paths", frozenset)  # POST routes that stream their body (no MAX_BODY)
-UNTIMED = web.AppKey("untimed_paths", frozenset)  # POST routes that may run long (install): no request deadline
+UNTIMED = web.AppKey("untimed_paths", frozenset)  # routes that may run long (install, a stream): no request deadline
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -111,7 +111,8 @@ async def limits(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The whole exchange of an ordinary request within api.request_timeout_s, the response write
     included (a client that stops reading cannot hold the connection)."""
-    if _post_in(request, UNTIMED):
+    resource = request.match_info.route.resource
+    if resource is not None and resource.canonical in request.app[UNTIMED]:  # an install, a live stream
         return await handler(request)
     seconds = request.app[API_CONFIG].request_timeout_s
     resp: web.StreamResponse | None = None

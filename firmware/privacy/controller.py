@@ -58,6 +58,10 @@ class PrivacyController:
         # clock), so a gateway that already took those vectors forgets them too.
         self.purges: deque[dict[str, Any]] = deque(maxlen=8)
         self.expired = 0  # vectors purged by retention
+        # What else holds anything about people (the commissioning view's paths and traffic map):
+        # each is called with the pipeline's purge, before the opt-out answers.
+        self.purgers: list[Callable[[], int]] = []
+        self.expirers: list[Callable[[], None]] = []  # ...and each drops what is older than the retention
         self._paused_until: float | None = None  # monotonic; None: measuring
         self._transitions = 0  # every transition applied; a pause's timer knows the one that started it
         self._lock = asyncio.Lock()  # FIFO: transitions apply in the order they were asked for
@@ -120,6 +124,8 @@ class PrivacyController:
         self._transitions += 1
         t0 = self.now()
         frames, tracks = await self.pipeline.pause()
+        for purge in self.purgers:
+            purge()
         lookback = self.cfg.optout.lookback_s
         t_wall = self.wall()  # for people reading it; the purge itself runs on the monotonic clock
         # readers (the gateway) forget by sequence numbers, which no clock jump can shift: every
@@ -191,6 +197,8 @@ class PrivacyController:
         if self.counts is not None:
             self.counts.expire(cutoff)
         self.expired += n
+        for expire in self.expirers:
+            expire()
         return n
 
     async def run_retention(self) -> None:

@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..config import Config, TrackingConfig
+from ..config import Config, TrackingConfig, ZoneConfig
 from ..inference import Detections, Detector
 from ..inference.base import SensorOutputs
 from ..inference.pose import PoseEstimator
@@ -33,6 +34,10 @@ class FrameResult:
     tracked: tuple[Track, ...] = ()  # the confirmed tracks of this frame (boxes and random ids only)
     confident: int = 0  # detections at or above tracking.high_score (people the detector is sure of)
     counts: CountFrame = field(default_factory=CountFrame)  # line crossings, queue waits, occupancy (numbers only)
+    size: tuple[int, int] = (0, 0)  # the frame's width and height in pixels (the boxes' scale)
+    # the keypoints pose gave this frame, per track id: (17, 3) x, y normalized to the frame and the score
+    # (COCO-17 order, inference/pose.py); only the tracks in this frame's pose budget
+    poses: tuple[tuple[str, np.ndarray], ...] = ()
 
 
 def tracker_config(t: TrackingConfig) -> TrackerConfig:
@@ -51,6 +56,16 @@ class FrameAnalyzer:
         self.engine: SignalEngine | None = None  # built at the first frame, when its size is known
         self.counter: Counter | None = None  # lines, occupancy, queues (with the engine)
         self._size: tuple[int, int] | None = None
+        # the zone each vector names, as an index into the board's zone names of this run (Service.zone_names),
+        # which only grow when zones are edited: vectors already held keep naming the zone they were made in
+        self.zone_ids: list[int] | None = None  # None: the config's own order
+
+    def set_zones(self, zones: Sequence[ZoneConfig], ids: Sequence[int]) -> None:
+        """New zones from the next frame on (on the analysis thread, between frames): the signal engine
+        starts again with them, so every stay and pending window is dropped and new tokens begin."""
+        self.cfg = self.cfg.model_copy(update={"zones": list(zones)})
+        self.zone_ids = list(ids)
+        self.engine = None
 
     def reset(self) -> int:
         """Forget every track, pose and pending window (opt-out): nothing carries over.
@@ -101,12 +116,14 @@ class FrameAnalyzer:
                 dets = dets.subset(keep)
         tracks = self.tracker.update(dets.boxes * scale, dets.scores, t, (w, h))
         invokes = 0
+        poses: tuple[tuple[str, np.ndarray], ...] = ()
         if self.pose is not None and tracks and image is not None:
             chosen = self.engine.pose_candidates(tracks, t, self.cfg.signals.pose_budget)
             if chosen:
                 kps = self.pose.estimate(image, np.array([tr.det_box for tr in chosen]) / scale)
                 model_ms += self.pose.last_ms
                 invokes = len(chosen)
+                poses = tuple((tr.tid, np.array(kp, dtype=np.float32)) for tr, kp in zip(chosen, kps, strict=True))
                 for tr, kp in zip(chosen, kps, strict=True):
                     facing, conf = body_facing(kp, float(tr.det_box[3] - tr.det_box[1]), scale=(w, h),
                                                min_box_px=self.cfg.signals.pose_min_box_px)
@@ -114,5 +131,8 @@ class FrameAnalyzer:
         vectors = self.engine.step(t, tracks, self.tracker.ended, dets.capped)
         assert self.counter is not None
         counts = self.counter.step(t, tracks, self.tracker.ended, self.tracker.tracks)
+        if self.zone_ids is not None:
+            ids = self.zone_ids
+            vectors = [v if v.zone < 0 else replace(v, zone=ids[v.zone]) for v in vectors]
         return FrameResult(dets, vectors, len(tracks), model_ms, before + (time.perf_counter() - t0) * 1000.0, invokes,
-                           tuple(tracks), dets.above(self.tracker.cfg.high_score), counts)
+                           tuple(tracks), dets.above(self.tracker.cfg.high_score), counts, (w, h), poses)

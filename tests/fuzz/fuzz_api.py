@@ -37,6 +37,9 @@ TOKEN = "fuzz-token-" + "7f3a9c2e51b84d06a1e9f3c27b5d8e40"
 OVERRIDES = {
     "api": {"rate_limit": {"per_s": 100000.0, "burst": 1000000}},
     "privacy": {"optout": {"pause_s": 5.0}},
+    # the commissioning view's live stream runs until the page goes (up to commissioning.max_stream_s): off
+    # here, its routes are then not served nor in /openapi.json (tests/integration/test_commissioning.py covers them)
+    "commissioning": {"enabled": False},
 }
 
 

@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from firmware.app import build_service
-from firmware.http.app import ROUTES, build_app
+from firmware.http.app import ROUTES, UI_ROUTES, build_app
 from firmware.signals.schema import AGGREGATES_SCHEMA, VECTORS_SCHEMA
 from tests.conftest import sim_config
 
@@ -169,6 +169,9 @@ async def test_openapi_lists_exactly_the_served_routes(client):
     assert doc["paths"]["/health"]["get"]["security"] == []
     public = {r.path for r in ROUTES if not r.auth}
     assert public == {"/health", "/v1/privacy"}
+    # and the commissioning page's static shell (sim.yaml has commissioning on; its data needs the token)
+    public |= {r.path for r in UI_ROUTES if not r.auth}
+    assert public - {"/health", "/v1/privacy"} == {"/ui", "/ui/commissioning.js", "/ui/commissioning.css"}
     assert all(op["security"] for p, ops in doc["paths"].items() if p not in public for op in ops.values())
 
 
