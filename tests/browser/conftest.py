@@ -29,8 +29,8 @@ def _missing(why: str) -> None:
     pytest.skip(why)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")  # Playwright's sync API holds an event loop while it runs: gone before the
+def browser() -> Iterator[Any]:  # next module's asyncio tests start
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -161,11 +161,14 @@ async def test_a_bad_zone_changes_nothing_and_a_good_one_names_the_next_vectors(
     assert r.status == 400 and path.read_text() == before_text
 
     await until(lambda: svc.pipeline.stats.vectors > 0, 60)
-    good = [zones[0], {"name": "floor", "kind": "aisle", "polygon": FLOOR}, zones[2]]  # walkway replaced
+    door = {"name": "door", "kind": "line", "line": [[0.5, 0.3], [0.5, 0.8]], "in_side": "left"}  # a counting line
+    good = [zones[0], {"name": "floor", "kind": "aisle", "polygon": FLOOR}, zones[2], door]  # walkway replaced
     r = await board.post("/v1/ui/zones", json={"zones": good}, headers=AUTH)
     body = await r.json()
     assert r.status == 200 and body["saved"] and body["can_undo"], body
-    assert [z.name for z in load_config(path).config.zones] == ["plaza-sign", "floor", "staff-path"]
+    assert [z.name for z in load_config(path).config.zones] == ["plaza-sign", "floor", "staff-path", "door"]
+    counts = await (await board.get("/v1/counts", headers=AUTH)).json()
+    assert [ln["line"] for ln in counts["lines"]] == ["door"]  # the counting figures follow the new zones
     assert path.with_name(path.name + ".prev").read_text() == before_text
     seq = svc.vectors.newest_seq
     # the next vectors name the new zone, without a restart (windows of people on the plaza's floor)
@@ -178,6 +181,7 @@ async def test_a_bad_zone_changes_nothing_and_a_good_one_names_the_next_vectors(
     r = await board.post("/v1/ui/zones/undo", headers=AUTH)
     assert r.status == 200 and not (await r.json())["can_undo"]
     assert path.read_text() == before_text and [z.name for z in svc.config.zones] == ["plaza-sign", "walkway", "staff-path"]
+    assert (await (await board.get("/v1/counts", headers=AUTH)).json())["lines"] == []
     r = await board.post("/v1/ui/zones/undo", headers=AUTH)
     assert r.status == 409 and "nothing to undo" in (await r.json())["error"]["message"]
 
