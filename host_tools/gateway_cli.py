@@ -3,6 +3,7 @@
     cuecam gateway run   --config gateway.yaml          # poll the boards, decide, serve the gateway API
     cuecam gateway check --config gateway.yaml          # validate a gateway config (exit 2 if invalid)
     cuecam gateway import-history --config gateway.yaml visitors.csv  # past hourly footfall as baselines
+    cuecam gateway import-transactions --config gateway.yaml till.csv  # till data without identifiers
     cuecam gateway bench --devices 32 --duration 20     # one gateway polling 32 simulated boards
     cuecam sim-store [--devices 3] [--duration S]       # a whole store on this machine (see simstore.py)
     cuecam bench  --url URL --token-file F              # a board's API under load: latency percentiles
@@ -41,6 +42,11 @@ def add_parsers(sub: Any, device_sub: Any, common: Any) -> None:
     imp.add_argument("--config", type=Path, required=True, help="gateway config (YAML) with store.sqlite")
     imp.add_argument("csv", type=Path, help="CSV with the header date,hour,visitors (e.g. a door counter's export)")
     imp.add_argument("--json", action="store_true", help="print the result as JSON")
+    tx = gsub.add_parser("import-transactions", help="a till export (CSV t,basket,items[,till][,zone][,cat:NAME]; "
+                                                    "no identifiers) into the gateway's SQLite: conversion baselines")
+    tx.add_argument("--config", type=Path, required=True, help="gateway config (YAML) with store.sqlite")
+    tx.add_argument("csv", type=Path, help="CSV with the header t,basket,items and optional till, zone, cat:NAME")
+    tx.add_argument("--json", action="store_true", help="print the result as JSON")
     b = gsub.add_parser("bench", help="one gateway process polling N simulated boards: CPU, latency, exactly-once")
     b.add_argument("--devices", type=int, default=32)
     b.add_argument("--rate", type=float, default=5.0, help="vectors per second per simulated board")
@@ -77,7 +83,8 @@ def add_parsers(sub: Any, device_sub: Any, common: Any) -> None:
 def run(args: argparse.Namespace, token: str | None) -> int:
     if args.group == "gateway":
         return {"run": _gateway_run, "check": _gateway_check, "bench": _gateway_bench,
-                "import-history": _gateway_import_history}[args.cmd](args)
+                "import-history": _gateway_import_history,
+                "import-transactions": _gateway_import_transactions}[args.cmd](args)
     if args.group == "sim-store":
         if not 1 <= args.devices <= 12:
             print("error: --devices must be 1-12", file=sys.stderr)
@@ -173,6 +180,49 @@ def _gateway_import_history(args: argparse.Namespace) -> int:
         print(f"imported {result['imported']} hours ({result['too_old']} older than store.history_days="
               f"{st.history_days} skipped); {held} hours of history in {result['sqlite']}. A running gateway "
               "reads them when it next starts.")
+    return 0
+
+
+def _gateway_import_transactions(args: argparse.Namespace) -> int:
+    from .gateway.sales import SalesStore
+    from .gateway.store import Store
+    from .gateway.transactions import Batch, TransactionError, parse_csv
+
+    loaded = _load(args.config)
+    if loaded is None:
+        return 2
+    st = loaded.config.store
+    if st.sqlite is None:
+        print(f"{args.config}: store.sqlite is not set: the transactions would be gone when this command ends",
+              file=sys.stderr)
+        return 2
+    try:
+        txs = parse_csv(args.csv)  # every row checked before anything is written
+    except TransactionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    async def write() -> dict[str, Any]:
+        store = Store.from_config(loaded)
+        sales = SalesStore(store)
+        try:
+            await sales.open()
+            return await sales.take_batch(Batch(txs, [], None))
+        finally:
+            await store.close()
+
+    try:
+        res = asyncio.run(write())
+    except (OSError, sqlite3.Error) as e:
+        print(f"error: cannot write the transactions: {e}", file=sys.stderr)
+        return 1
+    result = {"imported": res["accepted"], "sqlite": str(loaded.resolve(st.sqlite))}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"imported {result['imported']} transactions (their hourly totals kept store.history_days="
+              f"{st.history_days}, the transactions themselves store.retention_s) into {result['sqlite']}. A running "
+              "gateway reads them when it next starts; POST /v1/transactions feeds a running one.")
     return 0
 
 

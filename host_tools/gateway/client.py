@@ -25,6 +25,7 @@ import orjson
 from firmware.histogram import Histogram
 
 from .config import PollingSection
+from .sales import SalesStore
 from .store import Rec, Store, rec_from_json
 
 log = logging.getLogger("cuecam.gateway.devices")
@@ -68,7 +69,7 @@ class DevicePoller:
     def __init__(self, name: str, url: str, token: str, polling: PollingSection, store: Store,
                  on_new: Callable[[list[Rec]], Awaitable[None]], session: aiohttp.ClientSession, *,
                  clock_offset_s: float = 0.0, wall: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, sales: SalesStore | None = None) -> None:
         self.name = name
         self.base = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -84,6 +85,9 @@ class DevicePoller:
         # cumulative poll round-trip histogram (LATENCY_BUCKETS, then +Inf) and sum, for /metrics
         self.latency = Histogram(LATENCY_BUCKETS)
         self._next_status = 0.0  # monotonic: when /v1/status is read next
+        self.sales = sales  # where the board's counting lines and queues go (/v1/counts)
+        self._next_counts = 0.0
+        self.counts_taken = 0  # buckets
 
     async def _page(self, since: int) -> dict[str, Any]:
         url = f"{self.base}/v1/vectors"
@@ -131,6 +135,29 @@ class DevicePoller:
             return
         if isinstance(listed, list):
             self.state.companions = [c for c in map(_companion, listed[:32]) if c is not None]
+
+    async def poll_counts(self) -> None:
+        """The board's counting lines and queues (/v1/counts, every bucket it holds) into the sales
+        store. A board without them (older firmware, a simulated board) answers 404: nothing to
+        take; never raises."""
+        self._next_counts = self.mono() + self.polling.counts_s
+        assert self.sales is not None
+        try:
+            async with self.session.get(f"{self.base}/v1/counts", params={"since": "0"}, headers=self.headers,
+                                        timeout=aiohttp.ClientTimeout(total=self.polling.timeout_s)) as resp:
+                body = await resp.content.read(self.polling.max_response_bytes + 1)
+                if resp.status != 200 or len(body) > self.polling.max_response_bytes:
+                    return
+            page = orjson.loads(body)
+            boot = page["boot_id"]
+            if not isinstance(boot, str) or not BOOT_ID.match(boot):
+                raise ValueError("bad boot_id")
+            self.counts_taken += await self.sales.take_counts(self.name, boot, page, self.offset)
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError) as e:
+            log.debug("%s: /v1/counts: %s", self.name, e)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            self.state.rejected += 1
+            log.warning("%s: /v1/counts answer not understood: %r", self.name, e)
 
     async def poll_once(self) -> bool:
         """One page; True if the board said there is more right away."""
@@ -204,6 +231,8 @@ class DevicePoller:
             backoff = self.polling.interval_s
             if self.polling.status_s and self.mono() >= self._next_status:
                 await self.poll_status()
+            if self.sales is not None and self.polling.counts_s and self.mono() >= self._next_counts:
+                await self.poll_counts()
             if not more:
                 await _sleep(stop, self.polling.interval_s)
 

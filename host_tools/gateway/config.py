@@ -49,6 +49,10 @@ class GatewaySection(_Strict):
     port: int = Field(default=8090, ge=0, le=65535)
     # The gateway's own API token. Required when host is not a loopback address.
     token: SecretRef | None = None
+    # The till's token for POST /v1/transactions (and only that route): the till system gets a
+    # credential that can add sales data and read nothing. Without it (and without gateway.token)
+    # no transactions are taken.
+    till_token: SecretRef | None = None
     decisions_kept: int = Field(default=1000, ge=10, le=100_000)
 
 
@@ -62,6 +66,8 @@ class PollingSection(_Strict):
     # Each board's /v1/status is read this often for what the gateway shows besides vectors (the
     # opt-out companions paired with it and their last press); 0: never.
     status_s: float = Field(default=30.0, ge=0, le=3600)
+    # Each board's counting lines and queues (/v1/counts: footfall, queue waits) are read this often; 0: never.
+    counts_s: float = Field(default=10.0, ge=0, le=3600)
 
 
 class DeviceSection(_Strict):
@@ -97,8 +103,9 @@ class EngagedWhen(_Strict):
 
 
 class SlowTrafficWhen(_Strict):
-    """Store traffic (distinct sessions per hour, measured over window_s) below a percentile of the
-    same weekday and hour in the history; needs min_samples past hours to compare with."""
+    """Store traffic (footfall per hour: people in through the boards' entrance lines, measured over
+    window_s; distinct sessions while no board has an entrance line) below a percentile of the same
+    weekday and hour in the history; needs min_samples past hours to compare with."""
 
     kind: Literal["slow_traffic"]
     percentile: float = Field(default=25.0, gt=0, lt=100)
@@ -120,7 +127,39 @@ class ShareWhen(_Strict):
     min_visitors: int = Field(default=5, ge=1, le=100_000)
 
 
-When = Annotated[EngagedWhen | SlowTrafficWhen | ShareWhen, Field(discriminator="kind")]
+class LowConversionWhen(_Strict):
+    """Footfall is normal (at or above the ``footfall_percentile`` of the same weekday and hour) but
+    conversion (transactions / footfall over window_s, at ``zone``'s tills when set) is below the
+    ``percentile`` of that hour's conversion on past days (>= min_samples of them)."""
+
+    kind: Literal["low_conversion"]
+    window_s: int = Field(default=3600, ge=60, le=86400)
+    percentile: float = Field(default=25.0, gt=0, lt=100)
+    footfall_percentile: float = Field(default=25.0, ge=0, lt=100)
+    min_footfall: int = Field(default=10, ge=1, le=1_000_000)
+    min_samples: int = Field(default=3, ge=1, le=1000)
+    zone: Name | None = None
+
+
+class QueueWhen(_Strict):
+    """A queue zone's longest queue over the last over_s above ``max_length``, or the mean wait of the
+    people who left it above ``max_wait_s``."""
+
+    kind: Literal["queue_alert"]
+    zone: Name
+    max_length: int | None = Field(default=None, ge=1, le=1000)
+    max_wait_s: float | None = Field(default=None, gt=0, le=7200)
+    over_s: int = Field(default=120, ge=60, le=3600)
+
+    @model_validator(mode="after")
+    def _limit(self) -> QueueWhen:
+        if self.max_length is None and self.max_wait_s is None:
+            raise ValueError("a queue_alert needs max_length or max_wait_s (or both)")
+        return self
+
+
+When = Annotated[EngagedWhen | SlowTrafficWhen | ShareWhen | LowConversionWhen | QueueWhen,
+                 Field(discriminator="kind")]
 
 
 class Action(_Strict):

@@ -6,11 +6,15 @@ Rule kinds:
 - ``engaged``: one session (a board's random token) at zone Z with engagement >= min for >= for_s of
   consecutive windows (gaps up to max_gap_s; windows with a null engagement neither add nor break).
   Evaluated as vectors arrive; fires at most once per session, and per zone at most once a cooldown.
-- ``slow_traffic``: distinct sessions over the last window_s, as a per-hour rate, below the
-  ``percentile`` of the same weekday and hour in the history (>= min_samples past days).
+- ``slow_traffic``: footfall (people in through the boards' entrance lines; distinct sessions while
+  no board has one) over the last window_s, as a per-hour rate, below the ``percentile`` of the
+  same weekday and hour in the history (>= min_samples past days).
+- ``low_conversion``: footfall normal for the hour, transactions / footfall over window_s below
+  the ``percentile`` of the same hour's conversion on past days.
+- ``queue_alert``: a queue zone's longest queue, or its people's mean wait, over the limit.
 - ``low_satisfaction`` / ``avoidance``: of the sessions with a value in zone Z over the last over_s
   (>= min_visitors), at least ``share`` have a mean dwell satisfaction / approach-avoid below ``below``.
-The last three are evaluated every tick (1 s).
+All but ``engaged`` are evaluated every tick (1 s).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import EngagedWhen, Rule, ShareWhen, SlowTrafficWhen
+from .config import EngagedWhen, LowConversionWhen, QueueWhen, Rule, ShareWhen, SlowTrafficWhen
+from .sales import SalesStore
 from .store import Rec, Store
 
 
@@ -56,9 +61,10 @@ class _Run:
 
 class DecisionEngine:
     def __init__(self, rules: list[Rule], store: Store, *, kept: int = 1000, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, sales: SalesStore | None = None) -> None:
         self.rules = [r for r in rules if r.enabled]
         self.store = store
+        self.sales = sales if sales is not None else SalesStore(store)
         self.clock = clock
         self.monotonic = monotonic
         self.started = monotonic()
@@ -103,6 +109,10 @@ class DecisionEngine:
                 d = self._slow(rule, w)
             elif isinstance(w, ShareWhen):
                 d = self._share(rule, w)
+            elif isinstance(w, LowConversionWhen):
+                d = self._conversion(rule, w)
+            elif isinstance(w, QueueWhen):
+                d = self._queue(rule, w)
             if d is not None:
                 out.append(d)
         self._forget_runs()
@@ -143,17 +153,24 @@ class DecisionEngine:
         base = self.store.baseline(d.weekday(), d.hour, d.strftime("%Y-%m-%d"))
         if len(base) < w.min_samples:
             return None
-        visitors = self.store.visitors(now - w.window_s, w.zone)
-        rate = visitors * 3600.0 / w.window_s
+        footfall = self.sales.has_lines and w.zone is None  # people in through the doors, not fragments
+        if footfall:
+            visitors, span = self.sales.footfall(now - w.window_s)
+            span = max(span, float(w.window_s))
+        else:
+            visitors, span = self.store.visitors(now - w.window_s, w.zone), float(w.window_s)
+        rate = visitors * 3600.0 / span
         threshold = float(np.percentile(np.asarray(base, dtype=float), w.percentile))
         if rate >= threshold:
             return None
         where = w.zone or "the store"
         day = d.strftime("%A")
-        inputs = {"visitors": visitors, "window_s": w.window_s, "per_hour": round(rate, 1),
-                  "baseline_percentile": w.percentile, "baseline_per_hour": round(threshold, 1),
-                  "baseline_samples": len(base), "weekday": day, "hour": d.hour, "zone": w.zone}
-        why = (f"traffic in {where}: {visitors} sessions in the last {w.window_s} s = {rate:.0f}/h, below "
+        what = "people in through the entrances" if footfall else "sessions"
+        inputs = {"visitors": visitors, "traffic": "footfall" if footfall else "sessions", "window_s": w.window_s,
+                  "per_hour": round(rate, 1), "baseline_percentile": w.percentile,
+                  "baseline_per_hour": round(threshold, 1), "baseline_samples": len(base), "weekday": day,
+                  "hour": d.hour, "zone": w.zone}
+        why = (f"traffic in {where}: {visitors} {what} in the last {span:.0f} s = {rate:.0f}/h, below "
                f"p{w.percentile:g} ({threshold:.0f}/h) of {len(base)} past {day}s {d.hour:02d}:00-{d.hour + 1:02d}:00")
         return self._fire(rule, w.zone or "store", why, inputs)
 
@@ -171,6 +188,56 @@ class DecisionEngine:
                   "threshold": w.below, "min_share": w.share, "over_s": w.over_s, "signal": label}
         why = (f"{below} of {len(per)} visitors ({share:.0%}) in {w.zone} over the last {w.over_s} s had mean "
                f"{label} < {w.below:g} (rule: >= {w.share:.0%} of >= {w.min_visitors})")
+        return self._fire(rule, w.zone, why, inputs)
+
+    def _conversion(self, rule: Rule, w: LowConversionWhen) -> Decision | None:
+        if not self.sales.has_lines:
+            return None
+        now = self.clock()
+        d = datetime.fromtimestamp(now)
+        base = self.sales.conversion_baseline(d.weekday(), d.hour, d.strftime("%Y-%m-%d"))
+        if len(base) < w.min_samples:
+            return None
+        people, span = self.sales.footfall(now - w.window_s)
+        span = max(span, 60.0)
+        if people < w.min_footfall:
+            return None
+        rate = people * 3600.0 / span
+        normal = float(np.percentile([f for f, _ in base], w.footfall_percentile))
+        if rate < normal:
+            return None  # a slow hour: that is slow_traffic's business, not a conversion problem
+        sold = len(self.sales.transactions(now - span, w.zone))
+        conversion = sold / people
+        threshold = float(np.percentile([c for _, c in base], w.percentile))
+        if conversion >= threshold:
+            return None
+        where = f"at {w.zone}" if w.zone else "in the store"
+        day = d.strftime("%A")
+        inputs = {"zone": w.zone, "footfall": people, "transactions": sold, "conversion": round(conversion, 3),
+                  "window_s": round(span), "footfall_per_hour": round(rate, 1),
+                  "footfall_normal_per_hour": round(normal, 1), "baseline_percentile": w.percentile,
+                  "baseline_conversion": round(threshold, 3), "baseline_samples": len(base), "weekday": day,
+                  "hour": d.hour}
+        why = (f"conversion {where}: {sold} transactions for {people} people in = {conversion:.1%} over the last "
+               f"{span / 60:.0f} min, below p{w.percentile:g} ({threshold:.1%}) of {len(base)} past {day}s "
+               f"{d.hour:02d}:00-{d.hour + 1:02d}:00, with footfall normal ({rate:.0f}/h >= {normal:.0f}/h)")
+        return self._fire(rule, w.zone or "store", why, inputs)
+
+    def _queue(self, rule: Rule, w: QueueWhen) -> Decision | None:
+        q = self.sales.queue(w.zone, self.clock() - w.over_s)
+        long = w.max_length is not None and q["length_max"] is not None and q["length_max"] > w.max_length
+        slow = w.max_wait_s is not None and q["wait_mean_s"] is not None and q["wait_mean_s"] > w.max_wait_s
+        if not (long or slow):
+            return None
+        inputs = {"zone": w.zone, "over_s": w.over_s, "length_max": q["length_max"], "max_length": w.max_length,
+                  "served": q["served"], "wait_mean_s": q["wait_mean_s"], "wait_max_s": q["wait_max_s"],
+                  "max_wait_s": w.max_wait_s}
+        parts = []
+        if long:
+            parts.append(f"up to {q['length_max']} people queueing > {w.max_length}")
+        if slow:
+            parts.append(f"the {q['served']} who left waited {q['wait_mean_s']:.0f} s on average > {w.max_wait_s:g} s")
+        why = f"queue at {w.zone} over the last {w.over_s} s: {' and '.join(parts)}"
         return self._fire(rule, w.zone, why, inputs)
 
     def _fire(self, rule: Rule, subject: str, why: str, inputs: dict[str, Any]) -> Decision | None:

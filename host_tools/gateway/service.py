@@ -11,6 +11,8 @@ Routes (bearer token when ``gateway.token`` is set; required off loopback):
     GET /v1/devices                  each board: state, last poll, boot, cursor, vectors, lost, poll latency, companions
     GET /v1/decisions?since=&limit=  recent decisions with their explanations and what each output did
     GET /v1/sessions?limit=          session summaries (a board's random token; never an identity)
+    GET /v1/kpis?hours=&zone=        per hour: footfall, transactions, conversion, basket, engagement, dwell satisfaction
+    POST /v1/transactions            till data without identifiers (transactions.py); 422 naming a refused field
     GET /metrics                     Prometheus text
 """
 
@@ -36,7 +38,9 @@ from .client import DevicePoller
 from .config import LoadedGatewayConfig
 from .outputs import LogSink, MqttSink, Output, WebhookSink
 from .rules import Decision, DecisionEngine
+from .sales import SalesStore
 from .store import Rec, Store
+from .transactions import MAX_BATCH, TransactionError, parse_batch
 
 log = logging.getLogger("cuecam.gateway")
 TICK_S = 1.0
@@ -53,9 +57,13 @@ class Gateway:
         self.clock = clock
         self.started = time.monotonic()
         self.store = Store.from_config(loaded, clock)
-        self.engine = DecisionEngine(cfg.rules, self.store, kept=cfg.gateway.decisions_kept, clock=clock)
+        self.sales = SalesStore(self.store)  # footfall, queues, transactions, signals by hour
+        self.store.forget_hooks.append(lambda recs: self.sales.add_signals(recs, -1))
+        self.engine = DecisionEngine(cfg.rules, self.store, kept=cfg.gateway.decisions_kept, clock=clock,
+                                     sales=self.sales)
         self.tokens = {d.name: loaded.secret(d.token, f"devices.{d.name}.token", env) for d in cfg.devices}
         self.api_token = loaded.secret(cfg.gateway.token, "gateway.token", env) if cfg.gateway.token else None
+        self.till_token = loaded.secret(cfg.gateway.till_token, "gateway.till_token", env) if cfg.gateway.till_token else None
         self.outputs: dict[str, Output] = {}
         if cfg.outputs.log.enabled:
             self.outputs["log"] = LogSink(cfg.outputs.log)
@@ -77,6 +85,7 @@ class Gateway:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         await self.store.open()
+        await self.sales.open()
         self.engine.restore(await self.store.load_decisions(self.cfg.gateway.decisions_kept))
         for o in self.outputs.values():
             await o.start()
@@ -84,7 +93,7 @@ class Gateway:
         self._session = aiohttp.ClientSession(connector=conn)
         for d in self.cfg.devices:
             p = DevicePoller(d.name, d.url, self.tokens[d.name], self.cfg.polling, self.store, self._on_vectors,
-                             self._session, clock_offset_s=d.clock_offset_s, wall=self.clock)
+                             self._session, clock_offset_s=d.clock_offset_s, wall=self.clock, sales=self.sales)
             self.pollers.append(p)
             self._tasks.append(asyncio.create_task(p.run(self.stop_event), name=f"poll-{d.name}"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="gateway-tick"))
@@ -112,6 +121,7 @@ class Gateway:
     async def _on_vectors(self, recs: list[Rec]) -> None:
         now = self.clock()
         self.ingest_lag.extend(now - r.t1 for r in recs)
+        await self.sales.add_signals(recs)
         for d in self.engine.on_vectors(recs):
             await self._act_through(d)
 
@@ -123,6 +133,7 @@ class Gateway:
             if time.monotonic() - last_purge >= self.cfg.store.purge_interval_s:
                 last_purge = time.monotonic()
                 await self.store.purge()
+                await self.sales.purge()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), TICK_S)
 
@@ -168,10 +179,27 @@ class Gateway:
         now = time.monotonic()
         return [p.state.to_json(now, self.store.cursor(p.name)) for p in self.pollers]
 
+    def traffic(self, window_s: float) -> dict[str, Any]:
+        """The store's traffic over the window: footfall through the entrance lines when a board has
+        one (sessions are track fragments: a person seen twice is two), else sessions, said so."""
+        now = self.clock()
+        sessions = self.store.visitors(now - window_s)
+        if not self.sales.has_lines:
+            return {"source": "sessions", "people": sessions, "per_hour": round(sessions * 3600 / window_s, 1),
+                    "sessions": sessions}
+        people, span = self.sales.footfall(now - window_s)
+        span = max(span, float(window_s))
+        sold = len(self.sales.transactions(now - span))
+        return {"source": "footfall", "people": people, "per_hour": round(people * 3600 / span, 1),
+                "sessions": sessions, "transactions": sold,
+                "conversion": round(sold / people, 4) if people else None}
+
     def state(self, window_s: float) -> dict[str, Any]:
         devs = self.devices()
+        traffic = self.traffic(window_s)
         return {"store": self.cfg.gateway.name, "t": round(self.clock(), 3), "window_s": window_s,
-                "visitors": self.store.visitors(self.clock() - window_s), "zones": self.store.zones_state(window_s),
+                "traffic": traffic, "visitors": traffic["people"], "sessions": traffic["sessions"],
+                "zones": self.store.zones_state(window_s),
                 "sessions_held": len(self.store.sessions), "vectors_held": len(self.store.recs),
                 "devices": {s: sum(1 for d in devs if d["state"] == s) for s in ("ok", "stale", "starting", "unauthorized")},
                 "rules_fired": dict(self.engine.fired_total), "decisions": len(self.engine.decisions)}
@@ -230,6 +258,36 @@ async def _decisions(request: web.Request) -> web.Response:
     ds = gw.engine.recent(since, limit)
     return _json({"epoch": gw.store.epoch, "decisions": [d.to_json() for d in ds],
                   "cursor": ds[-1].id if ds else since, "suppressed_by_cooldown": gw.engine.suppressed})
+
+
+async def _kpis(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    hours = _int_arg(request, "hours", 24, 1, 24 * 31)
+    zone = request.query.get("zone")
+    if zone is not None and not (1 <= len(zone) <= 64):
+        raise web.HTTPBadRequest(reason="zone must be 1-64 characters")
+    return _json({"hours": gw.sales.hourly(hours, zone), "traffic": "footfall" if gw.sales.has_lines else None,
+                  "queues": {z: gw.sales.queue(z, gw.clock() - 3600) for z in sorted({k[2] for k in gw.sales.queue_minutes})}})
+
+
+async def _transactions(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    tokens = [t for t in (gw.till_token, gw.api_token) if t is not None]
+    if not tokens:
+        return _json({"error": {"status": 403, "message": "no till token: set gateway.till_token (or gateway.token) "
+                                                          "to take transactions"}}, 403)
+    got = request.headers.get("Authorization", "").encode()
+    if not any(hmac.compare_digest(got, f"Bearer {t}".encode()) for t in tokens):
+        return _json({"error": {"status": 401, "message": "missing or wrong bearer token (gateway.till_token)"}}, 401)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as e:
+        return _json({"error": {"status": 400, "message": f"not JSON: {e}"}}, 400)
+    try:
+        batch = parse_batch(body)
+    except TransactionError as e:
+        return _json({"error": {"status": 422, "field": e.field, "message": f"{e.field}: {e.message}"}}, 422)
+    return _json(await gw.sales.take_batch(batch))
 
 
 async def _sessions(request: web.Request) -> web.Response:
@@ -321,13 +379,15 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
 def build_gateway_app(gw: Gateway) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        if gw.api_token is not None and request.path != "/health":
+        # /health is public; /v1/transactions checks its own tokens (the till's, or the gateway's)
+        if gw.api_token is not None and request.path not in ("/health", "/v1/transactions"):
             got = request.headers.get("Authorization", "")
             if not hmac.compare_digest(got.encode(), f"Bearer {gw.api_token}".encode()):
                 return _json({"error": {"status": 401, "message": "missing or wrong bearer token"}}, 401)
         return await handler(request)
 
-    app = web.Application(middlewares=[_errors, auth], client_max_size=64 * 1024)
+    # a transactions batch (MAX_BATCH of them, ~200 bytes each) is the largest body the gateway takes
+    app = web.Application(middlewares=[_errors, auth], client_max_size=MAX_BATCH * 256)
     app[GATEWAY] = gw
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/state", _state)
@@ -335,6 +395,8 @@ def build_gateway_app(gw: Gateway) -> web.Application:
     app.router.add_get("/v1/devices", _devices)
     app.router.add_get("/v1/decisions", _decisions)
     app.router.add_get("/v1/sessions", _sessions)
+    app.router.add_get("/v1/kpis", _kpis)
+    app.router.add_post("/v1/transactions", _transactions)
     app.router.add_get("/metrics", _metrics)
     return app
 

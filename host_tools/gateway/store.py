@@ -17,7 +17,7 @@ import secrets
 import sqlite3
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -155,6 +155,10 @@ class Store:
         self.hour_sessions: dict[tuple[str, int, int], set[str]] = defaultdict(set)
         self.history: dict[tuple[str, int, int], int] = {}
         self.purged = 0
+        # The traffic history (hourly people counts, the slow-hour baseline) comes from the sessions
+        # seen only until a board reports entrance lines: from then on it is their footfall (sales.py)
+        self.traffic_from_sessions = True
+        self.forget_hooks: list[Callable[[list[Rec]], Awaitable[None]]] = []  # told of vectors a purge forgets
         self.db: _Db | None = _Db(sqlite) if sqlite is not None else None
 
     @classmethod
@@ -229,9 +233,12 @@ class Store:
         def purged(r: Rec) -> bool:
             return r.device == device and r.boot == boot and seq_from <= r.seq <= seq_to
 
-        n = sum(1 for r in self.recs if purged(r))
+        gone = [r for r in self.recs if purged(r)]
+        n = len(gone)
         if self.db is not None:
             await self.db.call(self.db.forget, device, boot, seq_from, seq_to)
+        for hook in self.forget_hooks:
+            await hook(gone)
         if n:
             keep = [r for r in self.recs if not purged(r)]
             self.recs.clear()
@@ -274,6 +281,8 @@ class Store:
         closed = {k: len(v) for k, v in self.hour_sessions.items() if k != this_hour}
         for k in closed:
             del self.hour_sessions[k]
+        if not self.traffic_from_sessions:
+            closed = {}  # the history is footfall (entrance lines), kept by sales.py
         self.history.update({k: max(v, self.history.get(k, 0)) for k, v in closed.items()})
         oldest_day = datetime.fromtimestamp(now - self.history_days * 86400).strftime("%Y-%m-%d")
         for k in [k for k in self.history if k[0] < oldest_day]:
