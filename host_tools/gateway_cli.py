@@ -138,20 +138,25 @@ def _gateway_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_with_sqlite(path: Path, what: str) -> Any:
+    """A gateway config for an import: None (said why) unless it loads and keeps its store in SQLite."""
+    loaded = _load(path)
+    if loaded is not None and loaded.config.store.sqlite is None:
+        print(f"{path}: store.sqlite is not set: {what} would be gone when this command ends", file=sys.stderr)
+        return None
+    return loaded
+
+
 def _gateway_import_history(args: argparse.Namespace) -> int:
     from firmware.errors import ConfigError
 
     from .gateway.history import parse_history_csv
     from .gateway.store import Store
 
-    loaded = _load(args.config)
+    loaded = _load_with_sqlite(args.config, "the history")
     if loaded is None:
         return 2
     st = loaded.config.store
-    if st.sqlite is None:
-        print(f"{args.config}: store.sqlite is not set: the history would be gone when this command ends",
-              file=sys.stderr)
-        return 2
     try:
         parsed = parse_history_csv(args.csv, history_days=st.history_days)
     except ConfigError as e:
@@ -188,14 +193,10 @@ def _gateway_import_transactions(args: argparse.Namespace) -> int:
     from .gateway.store import Store
     from .gateway.transactions import Batch, TransactionError, parse_csv
 
-    loaded = _load(args.config)
+    loaded = _load_with_sqlite(args.config, "the transactions")
     if loaded is None:
         return 2
     st = loaded.config.store
-    if st.sqlite is None:
-        print(f"{args.config}: store.sqlite is not set: the transactions would be gone when this command ends",
-              file=sys.stderr)
-        return 2
     try:
         txs = parse_csv(args.csv)  # every row checked before anything is written
     except TransactionError as e:

@@ -192,13 +192,18 @@ class SalesStore:
             await self.store.seed_history([(*k, n) for k, n in foot.items()])
         return len(body["buckets"])
 
-    def _write_counts(self, rows: list[tuple[Any, ...]], qrows: list[tuple[Any, ...]]) -> None:
+    def _write(self, *statements: tuple[str, list[tuple[Any, ...]]]) -> None:
+        """(SQL, rows) pairs in one SQLite transaction, on the store's SQLite thread."""
         c = self._conn()
         assert c is not None
         with c:
             c.execute("BEGIN IMMEDIATE")
-            c.executemany("INSERT OR REPLACE INTO footfall VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            c.executemany("INSERT OR REPLACE INTO queues VALUES (?, ?, ?, ?, ?, ?, ?, ?)", qrows)
+            for sql, rows in statements:
+                c.executemany(sql, rows)
+
+    def _write_counts(self, rows: list[tuple[Any, ...]], qrows: list[tuple[Any, ...]]) -> None:
+        self._write(("INSERT OR REPLACE INTO footfall VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows),
+                    ("INSERT OR REPLACE INTO queues VALUES (?, ?, ?, ?, ?, ?, ?, ?)", qrows))
 
     # -- transactions ---------------------------------------------------------------------------
     async def take_batch(self, batch: Batch) -> dict[str, Any]:
@@ -229,14 +234,9 @@ class SalesStore:
         return {"accepted": len(batch.transactions), "hours": len(batch.hours), "duplicate": False}
 
     def _write_batch(self, rows: list[tuple[Any, ...]], hours: list[tuple[Any, ...]], name: str | None, now: float) -> None:
-        c = self._conn()
-        assert c is not None
-        with c:
-            c.execute("BEGIN IMMEDIATE")
-            c.executemany("INSERT INTO transactions VALUES (?, ?, ?, ?, ?)", rows)
-            c.executemany("INSERT OR REPLACE INTO sales_hours VALUES (?, ?, ?, ?, ?, ?, ?)", hours)
-            if name is not None:
-                c.execute("INSERT OR REPLACE INTO batches VALUES (?, ?)", (name, now))
+        self._write(("INSERT INTO transactions VALUES (?, ?, ?, ?, ?)", rows),
+                    ("INSERT OR REPLACE INTO sales_hours VALUES (?, ?, ?, ?, ?, ?, ?)", hours),
+                    ("INSERT OR REPLACE INTO batches VALUES (?, ?)", [] if name is None else [(name, now)]))
 
     # -- signals by hour --------------------------------------------------------------------------
     async def add_signals(self, recs: Iterable[Rec], sign: int = 1) -> None:
@@ -257,11 +257,7 @@ class SalesStore:
                                                  for k in touched])
 
     def _write_signals(self, rows: list[tuple[Any, ...]]) -> None:
-        c = self._conn()
-        assert c is not None
-        with c:
-            c.execute("BEGIN IMMEDIATE")
-            c.executemany("INSERT OR REPLACE INTO signal_hours VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._write(("INSERT OR REPLACE INTO signal_hours VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows))
 
     # -- retention ----------------------------------------------------------------------------------
     async def purge(self) -> None:

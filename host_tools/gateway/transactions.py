@@ -201,15 +201,22 @@ def _place(path: str, obj: dict[str, Any]) -> tuple[str | None, str | None]:
     return till, zone
 
 
-def parse_transaction(path: str, obj: Any) -> Txn:
+def _fields(path: str, obj: Any, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
+    """An entry that is an object with only allowed fields (an identifying one refused as such) and
+    every required one."""
     if not isinstance(obj, dict):
         raise TransactionError(path, "must be an object")
     for k in obj:
-        if k not in TRANSACTION_FIELDS:
-            raise _refuse_field(f"{path}.{str(k)[:64]}", str(k), TRANSACTION_FIELDS)
-    for k in ("t", "basket", "items"):
+        if k not in allowed:
+            raise _refuse_field(f"{path}.{str(k)[:64]}", str(k), allowed)
+    for k in required:
         if k not in obj:
             raise TransactionError(f"{path}.{k}", "required")
+    return obj
+
+
+def parse_transaction(path: str, obj: Any) -> Txn:
+    obj = _fields(path, obj, TRANSACTION_FIELDS, ("t", "basket", "items"))
     till, zone = _place(path, obj)
     cats: dict[str, float] = {}
     raw = obj.get("categories")
@@ -225,14 +232,7 @@ def parse_transaction(path: str, obj: Any) -> Txn:
 
 
 def parse_hour(path: str, obj: Any) -> HourTotal:
-    if not isinstance(obj, dict):
-        raise TransactionError(path, "must be an object")
-    for k in obj:
-        if k not in HOUR_FIELDS:
-            raise _refuse_field(f"{path}.{str(k)[:64]}", str(k), HOUR_FIELDS)
-    for k in ("hour", "transactions", "basket_total"):
-        if k not in obj:
-            raise TransactionError(f"{path}.{k}", "required")
+    obj = _fields(path, obj, HOUR_FIELDS, ("hour", "transactions", "basket_total"))
     t = parse_time(f"{path}.hour", obj["hour"])
     start = datetime.fromtimestamp(t).replace(minute=0, second=0, microsecond=0).timestamp()
     till, zone = _place(path, obj)
