@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 COMPAT_VENV ?= .venv-bookworm
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-stamp
 
-.PHONY: help setup venv models media mosquitto run run-aicam demo test test-all test-compat test-ota test-pi install bench fuzz soak lint clean companion companion-deps test-companion
+.PHONY: help setup venv models media mosquitto run run-aicam demo test test-all test-compat test-ota test-pi install bench fuzz soak lint clean companion companion-deps test-companion test-browser
 FUZZ_CASES ?= 10000
 SOAK_S ?= 1800
 
@@ -77,6 +77,9 @@ test-companion: setup companion companion-deps ## the companion under real Micro
 
 test: setup mosquitto companion-deps ## run the default test suite (real models, real footage, real server on loopback)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-browser: setup mosquitto ## the pages in Debian's chromium (Playwright), slow ones included; screenshots in build/test-artifacts/
+	$(PY) -m pytest -m 'not hw' tests/browser $(PYTEST_ARGS)
 
 test-all: setup mosquitto ## the default suite plus slow tests
 	$(PY) -m pytest -m 'not hw' $(PYTEST_ARGS)

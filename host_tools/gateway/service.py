@@ -14,6 +14,9 @@ Routes (bearer token when ``gateway.token`` is set; required off loopback):
     GET /v1/kpis?hours=&zone=        per hour: footfall, transactions, conversion, basket, engagement, dwell satisfaction
     POST /v1/transactions            till data without identifiers (transactions.py); 422 naming a refused field
     GET /metrics                     Prometheus text
+    GET /                            the store dashboard (static page; its data from /v1/dashboard*, dashboard.py)
+    GET /v1/dashboard                store now, trends and decisions for the dashboard (no session token)
+    GET /v1/dashboard/live?since=    the same "now" and new decisions as server-sent events
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from . import dashboard
 from .client import DevicePoller
 from .config import LoadedGatewayConfig
 from .outputs import LogSink, MqttSink, Output, WebhookSink
@@ -379,8 +383,10 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
 def build_gateway_app(gw: Gateway) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-        # /health is public; /v1/transactions checks its own tokens (the till's, or the gateway's)
-        if gw.api_token is not None and request.path not in ("/health", "/v1/transactions"):
+        # /health is public; /v1/transactions checks its own tokens (the till's, or the gateway's); the
+        # dashboard's page and files are static (its data routes need the token like every other)
+        if gw.api_token is not None and request.path not in ("/health", "/v1/transactions") \
+                and request.path not in dashboard.PUBLIC:
             got = request.headers.get("Authorization", "")
             if not hmac.compare_digest(got.encode(), f"Bearer {gw.api_token}".encode()):
                 return _json({"error": {"status": 401, "message": "missing or wrong bearer token"}}, 401)
@@ -398,6 +404,7 @@ def build_gateway_app(gw: Gateway) -> web.Application:
     app.router.add_get("/v1/kpis", _kpis)
     app.router.add_post("/v1/transactions", _transactions)
     app.router.add_get("/metrics", _metrics)
+    dashboard.setup(app)
     return app
 
 
