@@ -304,6 +304,8 @@ async def serve(loaded: LoadedConfig, *, port: int | None = None, ready: Callabl
                  svc.models.detector_name, None if svc.models.detector is None else svc.models.detector.runner.runtime)
         hint = "generated at first run" if token.generated else "from"
         print(f"cuecam: serving on {url} (API token {hint} {token.source})", flush=True)
+        if cfg.commissioning.enabled:
+            print(f"cuecam: commissioning view on {svc.api_url}/ui (commissioning.enabled; paste the API token)", flush=True)
         if ready:
             ready(url)
         await stop.wait()

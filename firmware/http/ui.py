@@ -252,3 +252,9 @@ async def zones_undo(request: web.Request) -> web.Response:
 def setup(app: web.Application, svc: Device) -> None:
     app[STREAMS] = Streams(svc.config.commissioning.max_streams)
     app[_SAVE_LOCK] = asyncio.Lock()
+
+    async def end_streams(app: web.Application) -> None:  # a stopping board does not wait for open pages
+        for ev in app[STREAMS].by_client.values():
+            ev.set()
+
+    app.on_shutdown.append(end_streams)

@@ -6,10 +6,12 @@ and the no-pixel proof over every byte the board sends the page."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import ClientSession, TCPConnector
@@ -266,3 +268,24 @@ async def test_nothing_the_page_receives_is_image_data(board):
                 if _numbers(v) > 17 * 3:
                     problems.append(f"live.people[{i}].{k}: {_numbers(v)} numbers")
     assert problems == []
+
+
+async def test_a_stopping_board_ends_the_open_streams_at_once(models_dir, vtest, tmp_path):
+    """An open page does not hold a stopping board (SIGTERM): its stream ends and the process exits."""
+    from tests import device
+
+    proc = device.start(device.write_config(tmp_path), TOKEN)
+    try:
+        url = device.wait_url(proc)
+        async with ClientSession() as http, http.get(url + "/v1/ui/live", headers=AUTH) as r:
+            assert r.status == 200
+            await asyncio.wait_for(r.content.readany(), 30)
+            t0 = time.monotonic()
+            proc.terminate()
+            while not r.content.at_eof() and time.monotonic() - t0 < 15:  # bounded
+                with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+                    await asyncio.wait_for(r.content.readany(), 1.0)
+            await asyncio.to_thread(proc.wait, 15)
+            assert time.monotonic() - t0 < 10 and proc.returncode == 0, device.log_text(proc)[-2000:]
+    finally:
+        device.stop(proc)
