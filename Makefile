@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 COMPAT_VENV ?= .venv-bookworm
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-stamp
 
-.PHONY: help setup venv models media mosquitto run run-aicam demo test test-all test-compat test-ota test-pi install bench fuzz soak lint clean companion companion-deps test-companion test-browser
+.PHONY: help setup venv models media mosquitto run run-aicam demo test test-all test-compat test-ota test-pi install bench bench-accel fuzz soak lint clean companion companion-deps test-companion test-browser
 FUZZ_CASES ?= 10000
 SOAK_S ?= 1800
 
@@ -105,6 +105,9 @@ install: ## install cuecam on this Raspberry Pi (root): apt packages, venv, user
 
 bench: setup ## print throughput, start-up and memory figures (key: value lines)
 	$(PY) tests/bench/bench_pipeline.py
+
+bench-accel: setup ## the CPU cost of a frame per detector backend (CPU SSD, AI Camera, Hailo), interleaved
+	$(PY) tests/bench/bench_accel.py
 
 fuzz: setup ## schemathesis against the real firmware's /openapi.json: FUZZ_CASES (10000) cases, 0 failures
 	FUZZ_CASES=$(FUZZ_CASES) $(PY) tests/fuzz/fuzz_api.py

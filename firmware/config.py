@@ -128,6 +128,9 @@ class Imx500CameraConfig(_Strict):
     framerate: float | None = Field(default=None, gt=0, le=120)  # None: the network's inference_rate
     buffer_count: int = Field(default=6, ge=2, le=16)
     capture_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # After opening, the sensor may send frames without the network's outputs this long while it
+    # loads the network firmware (minutes the first time a network is used, seconds once cached).
+    network_timeout_s: float = Field(default=300.0, gt=0, le=1800)
     # Sim only: instead of a sensor, replay the shipped recording of the network's outputs on this
     # footage (firmware/camera/imx500_fake.py; the footage's pixels only in lores mode).
     fake_footage: str | None = Field(default=None, min_length=1, max_length=4096)

@@ -100,6 +100,8 @@ class Camera(ABC):
         ``limit_s`` seconds is a hung camera: CameraError (close() then unblocks the backend)."""
         if self._hung is not None:
             raise CameraError(f"{self.description}: a previous read is still hung; close and reopen the camera")
+        if limit_s is not None:
+            limit_s = max(limit_s, self.read_limit_floor_s())
         fut = asyncio.ensure_future(self._in_thread(self._read))
         try:
             # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
@@ -149,6 +151,11 @@ class Camera(ABC):
     def status(self) -> dict[str, Any]:
         """Backend-specific figures for /v1/status (e.g. the IMX500's on-sensor timings); none by default."""
         return {}
+
+    def read_limit_floor_s(self) -> float:
+        """A read may take at least this long before it counts as hung (an AI Camera loading its
+        network firmware sends frames without outputs for minutes); 0 by default."""
+        return 0.0
 
     async def close(self) -> None:
         """Release the device and join the camera thread. Never raises.

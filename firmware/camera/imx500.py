@@ -85,6 +85,7 @@ class Imx500Camera(PicameraCamera):
         self.inference_rate: float | None = None
         self.input_size: tuple[int, int] | None = None
         self.frames_without_outputs = 0
+        self.network_ready = False  # the network has sent outputs since the camera was opened
         self.dnn_ms: collections.deque[float] = collections.deque(maxlen=1000)
         self.dsp_ms: collections.deque[float] = collections.deque(maxlen=1000)
 
@@ -107,6 +108,10 @@ class Imx500Camera(PicameraCamera):
                               "installs the model zoo in /usr/share/imx500-models/", kind="open")
         try:
             imx = imx500_cls(str(self.network))  # before Picamera2: it loads the network onto the sensor
+        except PermissionError as e:
+            raise CameraError(f"picamera2 could not open {e.filename}: it reads the network upload's progress from "
+                              "debugfs, which the service user may not; update python3-picamera2 (newer releases "
+                              "carry on without it)", kind="open") from e
         except (RuntimeError, OSError) as e:
             raise CameraError(f"no AI Camera found or its network would not load ({e}); check the ribbon cable and "
                               "`rpicam-hello --list-cameras` (model imx500)", kind="open") from e
@@ -128,6 +133,7 @@ class Imx500Camera(PicameraCamera):
                     lores=None if self.mode == "metadata" else {"size": size, "format": self.cfg_imx.lores_format},
                     controls={"FrameRate": fps}, buffer_count=self.cfg_imx.buffer_count)
         self._imx, self._intrinsics, self._cam = imx, intr, cam
+        self.network_ready = False
         self.inference_rate = fps
         self.input_size = tuple(imx.get_input_size())  # type: ignore[assignment]
         log.info("IMX500: %s at %.3g fps, %s mode, stream %dx%d, network input %s", self.network.name, fps,
@@ -156,8 +162,14 @@ class Imx500Camera(PicameraCamera):
 
         return convert
 
+    def read_limit_floor_s(self) -> float:
+        # until the network's first outputs since open: it is loading, not hung
+        return 0.0 if self.network_ready else self.cfg_imx.network_timeout_s + self.cfg_imx.capture_timeout_s
+
     def _read(self) -> tuple[np.ndarray, float | None, Any] | Capture | None:
-        deadline = time.monotonic() + self.cfg_imx.capture_timeout_s
+        wait = self.cfg_imx.capture_timeout_s if self.network_ready else self.cfg_imx.network_timeout_s
+        deadline = time.monotonic() + wait
+        skipped = 0
         while True:
             left = max(deadline - time.monotonic(), 0.01)
             image = None
@@ -173,15 +185,18 @@ class Imx500Camera(PicameraCamera):
                         request.release()
                     image = lores_to_rgb(lores, self.cfg_imx.size, self.cfg_imx.lores_format)
             except TimeoutError as e:
+                if skipped:  # frames came, without outputs, until the deadline
+                    raise self._no_outputs(wait) from e
                 raise CameraError(f"{self.description}: no frame within {self.cfg_imx.capture_timeout_s:g} s "
                                   "(sensor wedged?)", kind="hang") from e
             outputs = self._imx.get_outputs(metadata, add_batch=True)
             if outputs is not None:
+                self.network_ready = True
                 break
             self.frames_without_outputs += 1  # the network firmware still loading, or slower than the sensor
+            skipped += 1
             if time.monotonic() >= deadline:
-                raise CameraError(f"{self.description}: frames but no network outputs for "
-                                  f"{self.cfg_imx.capture_timeout_s:g} s (network firmware not loaded?)", kind="read")
+                raise self._no_outputs(wait)
         kpi = self._imx.get_kpi_info(metadata)
         if kpi is not None:
             self.dnn_ms.append(float(kpi[0]))
@@ -190,6 +205,11 @@ class Imx500Camera(PicameraCamera):
         out = SensorOutputs(tuple(np.asarray(o) for o in outputs), (int(self.cfg_imx.size[0]), int(self.cfg_imx.size[1])),
                             self._to_frame(metadata), None if kpi is None else (float(kpi[0]), float(kpi[1])))
         return Capture(image, t, None, out)
+
+    def _no_outputs(self, wait: float) -> CameraError:
+        what = "stopped delivering" if self.network_ready else "did not load: `dmesg | grep imx500`"
+        return CameraError(f"{self.description}: frames but no network outputs for {wait:g} s (the network "
+                           f"{what})", kind="read")
 
     def _close(self) -> None:
         super()._close()
@@ -200,6 +220,7 @@ class Imx500Camera(PicameraCamera):
             "mode": self.mode, "network": self.network.name, "inference_rate": self.inference_rate,
             "network_input": None if self.input_size is None else list(self.input_size),
             "frames_without_outputs": self.frames_without_outputs,
+            "network_ready": self.network_ready,  # False while the sensor loads the network firmware
             # the sensor's own timings (get_kpi_info): the network and the DSP, per frame
             "kpi_ms": {"dnn": _percentiles(self.dnn_ms), "dsp": _percentiles(self.dsp_ms)},
             "pixels": self.mode != "metadata",

@@ -195,6 +195,7 @@ class Imx500Rig(Rig):
     paced: bool = True  # frames at the configured frame rate; False: as fast as they are read
     kpi_us: tuple[int, int] | None = None  # CnnKpiInfo (network, DSP) microseconds; None: not reported
     no_outputs_every: int = 0  # every n-th frame brings no tensors (a network slower than the sensor)
+    loading_frames: int = 0  # the first n frames bring none (the network firmware still loading)
     absent: bool = False  # no AI Camera connected
     metadata_reads: int = 0
     pixel_reads: int = 0
@@ -234,7 +235,8 @@ class Picamera2(_FakePicamera2):
         i = n % rig.recording.frames
         metadata: dict[str, Any] = {"ScalerCrop": (0, 0, *FULL_SENSOR),
                                     "SensorTimestamp": rig.monotonic_ns() - int(rig.readout_s * 1e9)}
-        if not (rig.no_outputs_every and n % rig.no_outputs_every == rig.no_outputs_every - 1):
+        skipped = rig.no_outputs_every and n % rig.no_outputs_every == rig.no_outputs_every - 1
+        if not skipped and n >= rig.loading_frames:
             metadata.update(metadata_for(rig.recording.tensors(i)))
             if rig.kpi_us is not None:
                 metadata["CnnKpiInfo"] = list(rig.kpi_us)

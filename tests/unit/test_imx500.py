@@ -151,13 +151,33 @@ async def test_frames_without_network_outputs_are_skipped_and_counted(recording:
     assert cam.status()["imx500"]["frames_without_outputs"] == 4
 
 
-async def test_a_network_that_never_delivers_is_a_read_failure_within_the_bound() -> None:
-    rig = Imx500Rig(paced=False, no_outputs_every=1)
-    cam = _camera(rig, capture_timeout_s=0.3)
+async def test_a_loading_network_is_waited_for_and_an_outage_after_it_is_a_read_failure() -> None:
+    import time
+
+    # loading: frames without outputs for longer than the pipeline's read deadline are not a hang
+    rig = Imx500Rig(paced=True, loading_frames=12)  # 12 frames at the recording's 10 fps: 1.2 s
+    cam = _camera(rig, capture_timeout_s=0.3, network_timeout_s=5.0)
     await cam.open()
     try:
-        with pytest.raises(CameraError, match="no network outputs"):
+        assert cam.status()["imx500"]["network_ready"] is False
+        t0 = time.monotonic()
+        f = await cam.read(0.5)  # the pipeline's deadline is stretched while the network loads
+        assert f is not None and f.outputs is not None and time.monotonic() - t0 >= 1.0
+        assert cam.frames_without_outputs == 12 and cam.status()["imx500"]["network_ready"] is True
+        # loaded: a network that stops delivering is a read failure within capture_timeout_s
+        rig.no_outputs_every = 1
+        t0 = time.monotonic()
+        with pytest.raises(CameraError, match=r"no network outputs for 0\.3 s"):
             await cam.read(5.0)
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        await cam.close()
+    # a network that never loads: a read failure after network_timeout_s, not a wait forever
+    cam = _camera(Imx500Rig(paced=False, no_outputs_every=1), network_timeout_s=0.4)
+    await cam.open()
+    try:
+        with pytest.raises(CameraError, match="did not load"):
+            await cam.read(0.1)
     finally:
         await cam.close()
 
@@ -167,6 +187,18 @@ async def test_no_ai_camera_and_no_picamera2_say_what_to_do() -> None:
     with pytest.raises(CameraError, match="ribbon cable") as e:
         await cam.open()
     assert e.value.kind == "open"
+    await cam.close()
+    # picamera2 before its debugfs change, run as the service user
+    class NoDebugfs(IMX500):
+        def __init__(self, network_file: str, camera_id: str = "") -> None:
+            raise PermissionError(13, "Permission denied", "/sys/kernel/debug/imx500-fw:10-001a/fw_progress")
+
+    mod = make_module(Imx500Rig())
+    mod.IMX500 = type("IMX500", (NoDebugfs,), {"rig": mod.rig})
+    cam = Imx500Camera(Imx500CameraConfig(type="imx500"), network=NETWORK, devices_module=mod)
+    with pytest.raises(CameraError, match="update python3-picamera2") as e:
+        await cam.open()
+    assert "/sys/kernel/debug/imx500-fw" in str(e.value)
     await cam.close()
     real = Imx500Camera(Imx500CameraConfig(type="imx500"), network=NETWORK)
     with pytest.raises(CameraError, match="imx500-all"):
