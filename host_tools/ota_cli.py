@@ -17,10 +17,12 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, get_args
+
+from firmware.config import BoardKind
 
 ROOT = Path(__file__).resolve().parents[1]
-BOARDS = ["sim", "rpi4", "rpi5", "rpi-zero2w", "rpi5-coral-usb"]
+BOARDS = list(get_args(BoardKind))  # a bundle built without --boards installs on every kind of board
 TREE_GLOBS = ("firmware/**/*.py", "firmware/camera/scenes/*.yaml", "ota/**/*.py", "ota/systemd/*.service",
               "board_configs/*.yaml", "models/manifest.yaml")
 

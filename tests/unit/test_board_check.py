@@ -63,3 +63,10 @@ def test_validate_config_fails_on_models_the_board_cannot_run(tmp_path: Path) ->
     assert p.returncode == 2
     assert "inference.detector.model: unknown model 'hailo_yolov9'" in p.stderr
     assert "inference.fallback_model: 'hailo_yolov8s_h8' runs on the hailo, but this board runs it on the cpu" in p.stderr
+
+
+def test_an_update_built_by_default_installs_on_every_shipped_board() -> None:
+    from host_tools.ota_cli import BOARDS as BUNDLE_BOARDS
+
+    for board in BOARDS:
+        assert load_config(board).config.board.kind in BUNDLE_BOARDS, board.name
