@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 COMPAT_VENV ?= .venv-bookworm
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-stamp
 
-.PHONY: help setup venv models media mosquitto run run-aicam demo test test-all test-compat test-ota test-pi install bench bench-accel fuzz soak lint clean companion companion-deps test-companion test-browser
+.PHONY: help setup venv models media mosquitto run run-aicam demo test test-all test-scenes bench-tracking test-compat test-ota test-pi install bench bench-accel fuzz soak lint clean companion companion-deps test-companion test-browser
 FUZZ_CASES ?= 10000
 SOAK_S ?= 1800
 
@@ -80,6 +80,9 @@ test: setup mosquitto companion-deps ## run the default test suite (real models,
 
 test-browser: setup mosquitto ## the pages in Debian's chromium (Playwright), slow ones included; screenshots in build/test-artifacts/
 	$(PY) -m pytest -m 'not hw' tests/browser $(PYTEST_ARGS)
+
+test-scenes: setup ## the scripted scenes at every window phase and with seeded detector noise (beyond make test's two phases)
+	$(PY) -m pytest -q -m scene_phases tests/integration/test_scenes.py $(PYTEST_ARGS)
 
 test-all: setup mosquitto ## the default suite plus slow tests
 	$(PY) -m pytest -m 'not hw' $(PYTEST_ARGS)

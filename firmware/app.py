@@ -243,9 +243,12 @@ async def build_service(
     clock: Callable[[], float] = time.monotonic,
     notifier: Notifier | None = None,
     devices: Devices = REAL_DEVICES,
+    camera_clock: Callable[[], float] | None = None,
 ) -> tuple[Service, Token]:
     """Load the models, open the camera, find the token: every start-up check, before serving.
-    Model problems degrade the board (see load_models); a missing token or camera stops it."""
+    Model problems degrade the board (see load_models); a missing token or camera stops it.
+    ``camera_clock`` (default: the monotonic clock) stamps the frames of sources without their
+    own timestamps, e.g. to start a scripted scene at a chosen phase of the signal windows."""
     cfg = loaded.config
     models = load_models(loaded, devices=devices)
     token = load_token(
@@ -253,7 +256,7 @@ async def build_service(
         generate=cfg.api.generate_token,
         **({"env": token_env} if token_env is not None else {}),
     )
-    camera = create_camera(loaded)
+    camera = create_camera(loaded) if camera_clock is None else create_camera(loaded, clock=camera_clock)
     open_error: CameraError | None = None
     try:
         await camera.open()

@@ -154,6 +154,19 @@ CameraConfig = Annotated[
 ]
 
 
+class DetectorNoiseConfig(_Strict):
+    """Seeded noise on the real detector's output, as a worse detector would give (sim boards
+    only): see firmware/inference/noise.py. For testing the tracker and signals on the real
+    pipeline, never for measuring."""
+
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    miss: float = Field(default=0.12, ge=0, le=0.9)  # share of boxes dropped at random
+    burst: float = Field(default=0.02, ge=0, le=0.5)  # per box and frame: a run of 2-5 misses starts
+    jitter: float = Field(default=0.04, ge=0, le=0.3)  # edge error, share of the box's size
+    low: float = Field(default=0.12, ge=0, le=1)  # share of boxes whose score drops to 0.3-0.5
+    false_positives: float = Field(default=0.3, ge=0, le=20)  # mean per frame
+
+
 class DetectorConfig(_Strict):
     model: str = Field(default="ssd_mobilenet_v1", min_length=1, max_length=128)
     # The lowest score the detector reports. Low on purpose: which candidates become people is the
@@ -167,6 +180,7 @@ class DetectorConfig(_Strict):
     # Two boxes nested this much (of the smaller one's area) are one person: the better one stays
     # (SSD adds boxes on a torso or legs, or loosely around someone, beside the box on them).
     max_contained: float | None = Field(default=0.8, gt=0.3, le=1)  # None: keep nested boxes
+    noise: DetectorNoiseConfig | None = None  # sim boards only: a seeded, worse detector
 
 
 def cpu_cores() -> int:
@@ -741,6 +755,9 @@ def board_problems(cfg: Config) -> list[tuple[tuple[str, ...], str]]:
     if inf.delegate == "hailo" and cfg.board.kind not in PCIE_BOARDS | {"sim"}:
         out.append((("inference", "delegate"), f"a Hailo AI Kit / HAT+ needs a Raspberry Pi 5 (PCIe); board kind "
                     f"{cfg.board.kind} has none"))
+    if cfg.inference.detector.noise is not None and cfg.board.kind != "sim":
+        out.append((("inference", "detector", "noise"),
+                    f"makes the detector worse on purpose, for tests: only a sim board may set it, not a {cfg.board.kind} board"))
     return out
 
 

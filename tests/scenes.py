@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +25,14 @@ class SceneRun:
     truth: list[np.ndarray] = field(default_factory=list)  # per frame (n, 5): actor, x0, y0, x1, y1 normalized
     visible: list[np.ndarray] = field(default_factory=list)  # per frame (n,): share of each truth box in the frame
     tracks: list[list[tuple[str, np.ndarray]]] = field(default_factory=list)  # per frame (tid, box pixels)
+    detections: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per frame (boxes px, scores)
     vectors: list[Vector] = field(default_factory=list)
     actor_names: list[str] = field(default_factory=list)
     zone_names: list[str] = field(default_factory=list)
     tokens: dict[str, list[str]] = field(default_factory=dict)  # track id -> the session tokens its vectors carried
     t0: float = 0.0  # the frame timeline at scene time 0 (windows are aligned on the timeline, not the scene)
     counts: list = field(default_factory=list)  # per frame: the counter's CountFrame (crossings, waits, occupancy)
+    phase: float = 0.0  # where scene time 0 fell in the signal windows: t0 modulo window_s
 
     def track_of(self, actor: int) -> list[str]:
         """Track ids matched (IoU >= 0.5) to ``actor``'s truth box, by frame, most common first."""
@@ -50,6 +53,41 @@ class SceneRun:
     def exits(self, tid: str) -> list[str]:
         return [EXIT_NAMES[v.exit] for v in self.vectors_of(tid) if v.exit]
 
+    def scores_of(self, actor: int, t0: float, t1: float, min_iou: float = 0.5) -> list[float]:
+        """The detector's best score on ``actor`` in every frame from t0 to t1 seconds of scene
+        time (0 where it found nothing there): boxes with IoU >= ``min_iou`` with the actor's
+        truth box that overlap no other actor more."""
+        w, h = self.size
+        out = []
+        for i, (truth, (boxes, scores)) in enumerate(zip(self.truth, self.detections, strict=True)):
+            if not t0 <= i / self.fps <= t1:
+                continue
+            gts = {int(r[0]): r[1:] * [w, h, w, h] for r in truth}
+            if actor not in gts:
+                continue
+            best = 0.0
+            for b, s in zip(boxes, scores, strict=True):
+                ious = {a: iou(g, b) for a, g in gts.items()}
+                if ious[actor] >= min_iou and max(ious, key=ious.__getitem__) == actor:
+                    best = max(best, float(s))
+            out.append(best)
+        return out
+
+
+class PhasedClock:
+    """The monotonic clock, shifted so that its first reading (the scene's first frame) falls
+    ``phase`` seconds after a boundary of the ``window_s`` grid the signal windows use."""
+
+    def __init__(self, phase: float, window_s: float) -> None:
+        self.phase, self.window_s = phase, window_s
+        self.offset: float | None = None
+
+    def __call__(self) -> float:
+        now = time.monotonic()
+        if self.offset is None:
+            self.offset = math.ceil(now / self.window_s + 1.0) * self.window_s + self.phase - now
+        return now + self.offset
+
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     x0, y0 = max(a[0], b[0]), max(a[1], b[1])
@@ -68,17 +106,14 @@ def scene_path(name: str | Path) -> Path:
     return name if isinstance(name, Path) else SCENES_DIR / f"{name}.yaml"
 
 
-async def _run(name: str | Path, overrides: dict | None) -> SceneRun:
+async def _run(name: str | Path, overrides: dict | None, phase: float) -> SceneRun:
     path = scene_path(name)
     scene = load_scene(path)
     loaded = sim_config({"camera": {"type": "synthetic", "scene": str(path), "pacing": "fast"}, **(overrides or {})})
-    svc, _ = await build_service(loaded, token_env={"CUECAM_API_TOKEN": "x" * 24})
-    # Signal windows are aligned to the monotonic clock (floor(t / window_s)); start the scene's
-    # timeline on a window boundary, so every run cuts the scene into the same windows (a random
-    # phase once left the walk-in's only whole window to a track still too young for a value).
-    pacer = svc.pipeline.camera._pacer
+    # Signal windows are aligned to the clock (floor(t / window_s)): the scene starts at ``phase``
+    # into a window, so a test can run the same scene at every phase of the window grid.
     window = loaded.config.signals.window_s
-    pacer._t0 = math.ceil(pacer._t0 / window) * window
+    svc, _ = await build_service(loaded, token_env={"CUECAM_API_TOKEN": "x" * 24}, camera_clock=PhasedClock(phase, window))
     run = SceneRun(str(name), scene.fps, scene.size, actor_names=[a.name for a in scene.spec.actors],
                    zone_names=[z.name for z in loaded.config.zones])
     renderer = SceneRenderer(scene)  # cached sprites: cheap
@@ -97,10 +132,12 @@ async def _run(name: str | Path, overrides: dict | None) -> SceneRun:
         if not t0:
             t0.append(t_mono)
             run.t0 = t_mono - (frame_id - 1) / scene.fps
+            run.phase = run.t0 % window
         t = (frame_id - 1) / scene.fps
         run.truth.append(renderer.truth_at(t))
         run.visible.append(visibility(t))
         run.tracks.append([(tr.tid, np.array(tr.det_box, dtype=np.float64)) for tr in res.tracked])
+        run.detections.append((res.detections.boxes.astype(np.float64) * [w, h, w, h], res.detections.scores.astype(np.float64)))
         engine = svc.analyzer.engine
         for tr in res.tracked:  # test-only bookkeeping: which session token each track was given
             st = engine.states.get(tr.tid) if engine is not None else None
@@ -120,8 +157,9 @@ async def _run(name: str | Path, overrides: dict | None) -> SceneRun:
     return run
 
 
-def run_scene(name: str | Path, overrides: dict | None = None) -> SceneRun:
-    return asyncio.run(_run(name, overrides))
+def run_scene(name: str | Path, overrides: dict | None = None, phase: float = 0.0) -> SceneRun:
+    """``name`` through the whole service, its first frame ``phase`` seconds into a signal window."""
+    return asyncio.run(_run(name, overrides, phase))
 
 
 def mot_summary(run: SceneRun, min_visible: float = 0.5) -> dict[str, float]:

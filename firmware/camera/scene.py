@@ -11,6 +11,7 @@ height with its feet (bottom-centre) following timed waypoints::
     duration: 12
     actors:
       - sprite: {image: ../media/test_couple.jpg, person: 0}   # or box: [x0, y0, x1, y1] in pixels
+                                                               # or {image: ../media/vtest.avi, frame: 720, person: 9}
         height: {at_top: 90, at_bottom: 200}                   # or a number of pixels
         flip: false
         waypoints:             # [t seconds, x, y]: the feet, normalized to the frame
@@ -61,10 +62,12 @@ class _Strict(BaseModel):
 
 
 class SpriteSpec(_Strict):
-    """A person in a photo: ``person`` = index among the detected people sorted left to right by
-    box centre (SSD, score >= 0.5), or ``box`` = [x0, y0, x1, y1] in the photo's pixels."""
+    """A person in a photo (or in frame ``frame`` of a video): ``person`` = index among the
+    detected people sorted left to right by box centre (SSD, score >= 0.5), or ``box`` =
+    [x0, y0, x1, y1] in the image's pixels."""
 
     image: str = Field(min_length=1, max_length=4096)
+    frame: int | None = Field(default=None, ge=0, le=1_000_000)  # ``image`` is a video: take this frame
     person: int | None = Field(default=None, ge=0, le=99)
     box: Annotated[list[Annotated[int, Field(ge=0, le=65535)]], Field(min_length=4, max_length=4)] | None = None
 
@@ -246,13 +249,34 @@ def _file_key(path: Path) -> tuple[str, int, int]:
     return str(path), st.st_mtime_ns, st.st_size
 
 
-def _read_image(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise CameraError(f"{path}: not a decodable image")
+def _read_image(path: Path, frame: int | None = None) -> np.ndarray:
+    """An image file, or frame ``frame`` (0-based) of a video, as RGB uint8."""
+    if frame is None:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise CameraError(f"{path}: not a decodable image")
+    else:
+        img = _video_frame(path, frame)
     if img.shape[0] * img.shape[1] > MAX_SOURCE_PIXELS:
         raise CameraError(f"{path}: {img.shape[1]}x{img.shape[0]} is larger than {MAX_SOURCE_PIXELS} pixels")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _video_frame(path: Path, frame: int) -> np.ndarray:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise CameraError(f"{path}: cannot open the video for a sprite")
+        for i in range(frame + 1):  # sequential reads: seeking is unreliable in some codecs
+            ok, img = cap.read()
+            if not ok:
+                raise CameraError(f"{path}: the video has only {i} frames, so there is no frame {frame}")
+            if img.shape[0] * img.shape[1] > MAX_SOURCE_PIXELS:
+                raise CameraError(f"{path}: frames larger than {MAX_SOURCE_PIXELS} pixels")
+    finally:
+        cap.release()
+    out: np.ndarray = img
+    return out
 
 
 def median_background(video: Path, frames: int) -> np.ndarray:
@@ -305,18 +329,18 @@ def background_image(scene: Scene) -> np.ndarray:
     return out
 
 
-def detect_people(image_path: Path, detector_factory: DetectorFactory) -> np.ndarray:
+def detect_people(image_path: Path, detector_factory: DetectorFactory, frame: int | None = None) -> np.ndarray:
     """Person boxes (n, 4) in pixels (x0, y0, x1, y1), sorted left to right by box centre."""
 
     def build() -> np.ndarray:
-        img = _read_image(image_path)
+        img = _read_image(image_path, frame)
         h, w = img.shape[:2]
         det = detector_factory().detect(img)
         # the people a photo shows, not every candidate the detector reports down to a low score
         boxes = det.boxes[det.scores >= SPRITE_PERSON_SCORE].astype(np.float64) * [w, h, w, h]
         return boxes[np.argsort((boxes[:, 0] + boxes[:, 2]) / 2, kind="stable")]
 
-    out: np.ndarray = _cached(("people", *_file_key(image_path)), build)
+    out: np.ndarray = _cached(("people", *_file_key(image_path), frame), build)
     return out
 
 
@@ -383,7 +407,7 @@ def sprite_for(scene: Scene, index: int, detector_factory: DetectorFactory) -> S
     path = scene.resolve(spec.image)
     people: np.ndarray | None = None
     if spec.person is not None:
-        people = detect_people(path, detector_factory)
+        people = detect_people(path, detector_factory, spec.frame)
         if spec.person >= len(people):
             where = scene.where("actors", index, "sprite", "person")
             if not len(people):
@@ -401,7 +425,7 @@ def sprite_for(scene: Scene, index: int, detector_factory: DetectorFactory) -> S
         others = None
 
     def build() -> Sprite:
-        img = _read_image(path)
+        img = _read_image(path, spec.frame)
         ih, iw = img.shape[:2]
         if box[0] >= iw or box[1] >= ih:
             raise CameraError(f"{scene.where('actors', index, 'sprite', 'box')}: box lies outside the {iw}x{ih} image {path}")
@@ -410,7 +434,7 @@ def sprite_for(scene: Scene, index: int, detector_factory: DetectorFactory) -> S
         except CameraError as e:
             raise CameraError(f"{scene.where('actors', index, 'sprite')}: {path}: {e}") from e
 
-    sprite: Sprite = _cached(("sprite", *_file_key(path), tuple(np.round(box, 3).tolist())), build)
+    sprite: Sprite = _cached(("sprite", *_file_key(path), spec.frame, tuple(np.round(box, 3).tolist())), build)
     return sprite.flipped() if scene.spec.actors[index].flip else sprite
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from ..config import DetectorConfig, InferenceConfig
 from ..errors import InferenceError
 from ..models import ResolvedModel
+from .noise import DetectionNoise, NoiseSpec
 
 
 class Runner(Protocol):
@@ -114,6 +115,7 @@ class Detector(ABC):
     def __init__(self, runner: Runner, cfg: DetectorConfig) -> None:
         self.runner = runner
         self.cfg = cfg
+        self._noise: DetectionNoise | None = None  # sim boards' inference.detector.noise, built on the first frame
         self._check_outputs()
 
     @classmethod
@@ -159,12 +161,25 @@ class Detector(ABC):
             fh, fw = image.shape[:2]
         boxes, scores = self._plausible(np.asarray(boxes, np.float32).reshape(-1, 4),
                                         np.asarray(scores, np.float32).reshape(-1), fw / fh)
+        if self.cfg.noise is not None:
+            boxes, scores = self._worsen(boxes, scores, fw / fh)
         order = np.argsort(-scores, kind="stable")
         if self.cfg.max_contained is not None:
             order = order[_not_contained(boxes[order], self.cfg.max_contained)]
         capped = len(order) > self.cfg.max_detections
         order = order[: self.cfg.max_detections]
         return Detections(boxes[order], scores[order], capped, (time.perf_counter() - t0) * 1000.0)
+
+    def _worsen(self, boxes: np.ndarray, scores: np.ndarray, frame_aspect: float) -> tuple[np.ndarray, np.ndarray]:
+        """The configured seeded noise on this frame's detections (then the same filters again)."""
+        if self._noise is None:
+            n = self.cfg.noise
+            assert n is not None
+            spec = NoiseSpec(seed=n.seed, miss=n.miss, burst=n.burst, jitter=n.jitter, low=n.low,
+                             false_positives=n.false_positives)
+            self._noise = DetectionNoise(spec, frame_aspect)
+        b, s = self._noise.apply(boxes, scores)
+        return self._plausible(b, s, frame_aspect)
 
     def _plausible(self, boxes: np.ndarray, scores: np.ndarray, frame_aspect: float) -> tuple[np.ndarray, np.ndarray]:
         """Clip to the frame and drop empty boxes and boxes too wide to be a person: SSD fires its

@@ -22,7 +22,9 @@ from . import definitions as d
 ENTER_S = 0.5  # inside this long before a stay starts
 LEAVE_S = 1.0  # outside this long before it ends (the stay ends when the person left)
 MIN_AGE_S = 1.0  # younger tracks get null signals
-MIN_COVERAGE = 0.5  # observed in at least half the window's frames
+# observed in over a third of the window's frames it was there for (a detector missing 40 %, in
+# bursts, leaves 40-60 %)
+MIN_COVERAGE = 0.35
 VEER_MEMORY_S = 3.0  # "was heading for / near the focus" counts this long
 TURN_COS = math.cos(math.radians(45))  # a veer turns by more than 45 degrees from the approach
 LONG_STAY_S = 3.0  # after a stay this long, leaving is judged by dwell satisfaction, not A
@@ -51,7 +53,7 @@ class Stay:
 @dataclass
 class TrackState:
     token: str  # random 128 bits (secrets), not the tracker's id; replaced every token_rotation_s
-    first_t: float
+    first_t: float  # when the track's first detection was made
     token_born: float = 0.0
     samples: collections.deque[Sample] = field(default_factory=lambda: collections.deque(maxlen=400))
     facing: np.ndarray | None = None  # unit vector, image coordinates (y down = toward the camera)
@@ -64,8 +66,11 @@ class TrackState:
     heading_dir: dict[int, np.ndarray] = field(default_factory=dict)  # attraction -> unit direction then
     last_stay_end: float = -math.inf
     last_stay_len: float = 0.0
+    leaving: int = -1  # the attraction left after a long stay, until out of its influence range
     window_frames: int = 0
     window_capped: int = 0
+    window_first: int = 0  # the window's frame (1-based) this track was first seen in, in this window
+    window_last: int = 0  # and last seen in
     ended_stays: list[tuple[Zone, float, str]] = field(default_factory=list)  # (zone, dwell, exit) this window
     veer_t: float = -math.inf  # last time a veer away from an attraction was seen
     motion_key: tuple[float, int, float | None] | None = None  # cache of SignalEngine._motion
@@ -209,11 +214,16 @@ class SignalEngine:
                     self._update_stay(st, t, (), dt)
                 continue
             if st is None:
-                st = self.states[tr.tid] = TrackState(new_token(), t, token_born=t)
+                # a track's age counts from its first detection, before the tracker confirmed it
+                born = tr.first_seen if math.isfinite(tr.first_seen) else t
+                st = self.states[tr.tid] = TrackState(new_token(), min(t, born), token_born=t)
             zs = tuple(z.index for z in self.zones.zones_at(anchor))
             st.samples.append(Sample(t, anchor, float(box[3] - box[1]), zs))
             while st.samples and t - st.samples[0].t > HISTORY_S:
                 st.samples.popleft()
+            if st.window_frames == 0:
+                st.window_first = self._window_frames
+            st.window_last = self._window_frames
             st.window_frames += 1
             st.window_capped += int(capped)
             self._update_stay(st, t, zs, dt)
@@ -268,6 +278,8 @@ class SignalEngine:
         del st.stays[stay.zone.index]
         if stay.zone.kind == "attraction":
             st.last_stay_end, st.last_stay_len = t_exit, dwell
+            if dwell >= LONG_STAY_S:
+                st.leaving = stay.zone.index
         if dwell >= d.MIN_STAY_S:
             st.ended_stays.append((stay.zone, dwell, pattern))
             if pattern not in ("truncated", "pass"):  # a typical stay is a stay, not a walk through
@@ -406,15 +418,23 @@ class SignalEngine:
                 best = (z, r, rel)
         return best
 
+    @staticmethod
+    def _just_stayed(st: TrackState, zone: Zone, t: float) -> bool:
+        """Leaving ``zone`` after a long stay there: from the stay's end until out of the zone's
+        influence range, walking away is a departure (scored by dwell satisfaction), not avoidance."""
+        return st.leaving == zone.index or (st.last_stay_len >= LONG_STAY_S and t - st.last_stay_end <= VEER_MEMORY_S)
+
     def _update_heading_for(self, st: TrackState, t: float) -> None:
         """Remember when the person was walking toward an attraction: closing in while near it,
         or on course for it (t* < 3 s and a miss distance inside the far radius). This is the
         precondition of a veer; standing near a display and then leaving is not one."""
         near = self._nearest_attraction(st)
+        if near is None or near[0].index != st.leaving:
+            st.leaving = -1  # out of range of the attraction they stayed at
         if near is None:
             return
         zone, r, rel = near
-        if zone.index in st.stays or (st.last_stay_len >= LONG_STAY_S and t - st.last_stay_end <= VEER_MEMORY_S):
+        if zone.index in st.stays or self._just_stayed(st, zone, t):
             st.heading_for.pop(zone.index, None)  # staying, or just stayed: leaving is not veering
             return
         v, speed = self._motion(st, t)
@@ -444,7 +464,11 @@ class SignalEngine:
         t = st.samples[-1].t if st.samples else we
         coverage = min(st.window_frames / frames, 1.0)
         capped_frac = st.window_capped / max(st.window_frames, 1)
-        valid = (we - st.first_t) >= MIN_AGE_S and coverage >= MIN_COVERAGE
+        # Judged over the part of the window the track was there for (from its first to its last
+        # sighting in it): a track that starts or ends inside a window is measured if it was
+        # seen in at least half of that part, with a confidence of the share of the whole window.
+        present = st.window_last - st.window_first + 1 if st.window_frames else 0
+        valid = (we - st.first_t) >= MIN_AGE_S and 0 < st.window_frames >= MIN_COVERAGE * present
         # A frame whose detector output was full may have missed people (SSD returns at most 10
         # objects of any class; on vtest.avi 59 % of frames are full, mostly of cones and cars), so
         # such frames lower the confidence rather than voiding the window.
@@ -508,7 +532,7 @@ class SignalEngine:
                 before = st.heading_dir.get(zone.index)
                 # a veer is a turn: walking on in a straight line past the display is not one
                 turned = before is not None and speed > 1e-6 and float(before @ v) / speed < TURN_COS
-                just_stayed = (st.last_stay_len >= LONG_STAY_S and t - st.last_stay_end <= VEER_MEMORY_S) or (
+                just_stayed = self._just_stayed(st, zone, t) or (
                     stay is not None and stay.zone.index == zone.index and t - stay.start >= LONG_STAY_S)
                 if speed > d.STILL_PH_S and cos_beta < 0 and was_heading and turned and not just_stayed and stay is None:
                     turn = d.clip01(-cos_beta)

@@ -61,6 +61,35 @@ def test_max_detections_caps_and_reports_it(runtime, manifest, models_dir, share
     assert len(one) == 1 and one.capped and one.scores[0] == full.scores.max()
 
 
+def test_configured_noise_worsens_the_real_detections_the_same_way_for_a_seed(runtime, manifest, models_dir, shared_media):
+    """inference.detector.noise (sim boards): seeded misses, jitter, weak scores and false
+    positives on the real detector's output; the same seed gives the same frames."""
+    from firmware.config import DetectorNoiseConfig
+
+    img = _rgb(shared_media / "test_couple.jpg")
+    clean = _ssd(runtime, manifest, models_dir, score_threshold=0.5).detect(img)
+
+    def frames(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        noise = DetectorNoiseConfig(seed=seed, miss=0.3, false_positives=1.0)
+        det = _ssd(runtime, manifest, models_dir, score_threshold=0.25, noise=noise)
+        return [(d.boxes, d.scores) for d in (det.detect(img) for _ in range(40))]
+
+    a, b, c = frames(1), frames(1), frames(2)
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
+    assert any(not np.array_equal(x[0], y[0]) for x, y in zip(a, c, strict=True))
+    people = [sum(1 for box in boxes if max(_iou(box, p) for p in clean.boxes) >= 0.5) for boxes, _ in a]
+    assert 0.5 * 2 * 40 < sum(people) < 0.85 * 2 * 40  # about 30 % of the two people missed (bursts too)
+    assert sum(len(boxes) - n for (boxes, _), n in zip(a, people, strict=True)) >= 20  # false positives, ~1 a frame
+    for boxes, scores in a:
+        assert (scores >= 0.25).all() and ((boxes >= 0) & (boxes <= 1)).all()
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
+
+
 def _builtin_people(runner: ModelRunner, image: np.ndarray, person_class: int, score: float) -> tuple[np.ndarray, np.ndarray]:
     """The person boxes of the model's own TFLite_Detection_PostProcess (at most 10 boxes of any class)."""
     boxes, classes, scores, count = (o[0] for o in runner.run(cv2.resize(image, runner.input_size)))

@@ -210,6 +210,9 @@ CORPUS: dict[str, Case] = {
     "lores-width-not-multiple-of-64": (_PICAM, "lores: [300, 240]", "camera.lores", "multiple of 64"),
     "lores-height-odd": (_PICAM.replace("[300, 240]", "[320, 241]"), "lores: [320, 241]", "camera.lores", "even"),
     "vc4-lores-not-yuv": (_VC4, "lores_format: BGR888", "camera.lores_format", "only as YUV420"),
+    "detector-noise-on-a-board": (
+        _VC4.replace("BGR888", "YUV420") + "inference:\n  detector:\n    noise: {seed: 1}\n",
+        "noise: {seed: 1}", "inference.detector.noise", "only a sim board"),
     "zero2w-lores-rgb": (_VC4.replace("kind: rpi4", "kind: rpi-zero2w").replace("BGR888", "RGB888"),
                          "lores_format: RGB888", "camera.lores_format", "only as YUV420"),
     "picamera-resolution-gone": (_VC4.replace("  lores:", "  resolution: [1280, 720]\n  lores:"), "camera:", "camera",
@@ -432,3 +435,11 @@ def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
     r = run_validate(tmp_path / "absent.yaml")
     assert r.returncode == 2
     assert f"{tmp_path / 'absent.yaml'}: no such config file" in r.stderr
+
+
+def test_detector_noise_on_a_sim_board_is_seeded_and_validated(tmp_path: Path) -> None:
+    text = SIM.replace("  detector:\n", "  detector:\n    noise: {seed: 3, miss: 0.3, false_positives: 1.5}\n", 1)
+    noise = load_config(write(tmp_path, text)).config.inference.detector.noise
+    assert noise is not None and (noise.seed, noise.miss, noise.false_positives, noise.jitter) == (3, 0.3, 1.5, 0.04)
+    err = config_error(write(tmp_path, text.replace("miss: 0.3", "miss: 1.5")))
+    assert "inference.detector.noise.miss" in str(err)

@@ -53,10 +53,11 @@ def zone_map(scale: float = 1.0, **moved: list[list[float]]) -> ZoneMap:
     return ZoneMap(zone_configs(**moved), None, round(W * scale), round(H * scale))
 
 
-def make_track(tid: str, x: float, y: float, bh: float = BH) -> Track:
-    """A confirmed track whose last detection has its bottom-centre (the anchor) at (x, y)."""
+def make_track(tid: str, x: float, y: float, bh: float = BH, first_seen: float = math.inf) -> Track:
+    """A confirmed track whose last detection has its bottom-centre (the anchor) at (x, y), first
+    detected at ``first_seen`` (by default: as it is first given to the engine)."""
     box = np.array([x - 0.2 * bh, y - bh, x + 0.2 * bh, y], dtype=np.float64)
-    return Track(tid, KalmanBox(box), first_seen=0.0, last_seen=0.0, score=0.9, confirmed=True, det_box=box)
+    return Track(tid, KalmanBox(box), first_seen=first_seen, last_seen=0.0, score=0.9, confirmed=True, det_box=box)
 
 
 @dataclass
@@ -360,7 +361,7 @@ def test_walking_straight_at_the_display_is_a_full_approach(fps):
 
 def test_tracks_too_young_or_too_patchy_give_null_signals():
     young = Person([(1.5, 384.0, 510.0), (6.0, 384.0, 510.0)], const(TOWARD))  # 0.5 s old at the window's end
-    patchy = Person([(0.0, 300.0, 510.0), (6.0, 300.0, 510.0)], const(TOWARD), visible=lambda i: i % 3 == 0)
+    patchy = Person([(0.0, 300.0, 510.0), (6.0, 300.0, 510.0)], const(TOWARD), visible=lambda i: i % 4 == 0)
     half = Person([(0.0, 450.0, 510.0), (6.0, 450.0, 510.0)], const(TOWARD), visible=lambda i: i % 2 == 0)
     vs = run([young, patchy, half], 6.0)
     v = window(vs, young, 0.0)
@@ -368,8 +369,37 @@ def test_tracks_too_young_or_too_patchy_give_null_signals():
     assert window(vs, young, 2.0).engagement is not None
     for ws in (0.0, 2.0, 4.0):
         v = window(vs, patchy, ws)
-        assert v.engagement is None and v.approach is None  # seen in a third of the frames
+        assert v.engagement is None and v.approach is None  # seen in a quarter of the frames
         assert window(vs, half, ws).engagement is not None  # seen in half: enough
+
+
+def test_a_track_is_as_old_as_its_first_detection_not_its_confirmation():
+    """Confirmed at 1.2 s, first detected at 0.8 s: 1.2 s old at the window's end at 2.0 s, so
+    measured; one confirmed at the same time but first detected then is not."""
+    eng = SignalEngine(SignalsConfig(), zone_map())
+    seen_early, seen_now = secrets.token_hex(16), secrets.token_hex(16)
+    out: list[Vector] = []
+    for i in range(12, 21):
+        t = i / 10
+        out += eng.step(t, [make_track(seen_early, 300.0, 300.0 + 3.0 * i, first_seen=0.8),
+                            make_track(seen_now, 500.0, 300.0 + 3.0 * i, first_seen=1.2)], [], False)
+    by = {v.token: v for v in out if v.t_start == 0.0}
+    assert by[eng.states[seen_early].token].approach is not None
+    assert by[eng.states[seen_now].token].approach is None
+
+
+@pytest.mark.parametrize("start", [0.0, 0.3, 0.9])
+@pytest.mark.parametrize("end", [4.05, 4.5, 5.0])
+def test_a_track_starting_or_ending_inside_a_window_is_measured_there(start, end):
+    """A walk toward the display that starts 0 .. 0.9 s into a window and ends 0.05 .. 1 s into
+    another: the part of each window the person was there for is measured once the track is
+    1 s old, with a confidence of the share of the window they were seen in."""
+    p = Person([(start, 384.0, 300.0), (end, 384.0, 450.0)], const(TOWARD))  # 0.3 .. 0.37 PH/s, in range
+    vs = run([p], 6.0)
+    first, last = window(vs, p, 0.0), window(vs, p, 4.0)
+    for v, seen in ((first, 2.0 - start), (last, end - 4.0)):
+        assert v.approach is not None and v.approach > 0.3, (v.t_start, v.approach)
+        assert v.approach_conf == pytest.approx(min(1.0, (round(seen * 10) + 1) / 20), abs=0.06)
 
 
 def test_capped_frames_lower_confidence_not_the_signals():
@@ -560,6 +590,21 @@ def test_strolling_away_after_a_long_stay_is_not_a_veer(start_s):
     for v in vs:
         assert v.approach is not None and v.approach >= floor - 1e-6, (v.t_start, v.approach)
     assert eng.states[p.tid].veer_t == -math.inf
+
+
+@pytest.mark.parametrize("speed", [0.25, 0.3, 0.4])
+@pytest.mark.parametrize("stay_s", [4.0, 8.0, 12.0])
+def test_walking_away_after_a_long_stay_is_never_avoidance_while_in_range(stay_s, speed):
+    """After a stay of 4 .. 12 s, a slow walk away stays a departure (A >= -0.2) for as long as
+    the person is within the display's influence, not only in the first seconds."""
+    p = stand_then_leave(speed, stay_s)
+    eng = SignalEngine(SignalsConfig(), zone_map())
+    vs = mine(run([p], stay_s + 12.0, engine=eng), p)
+    after = [v for v in vs if v.t_end > stay_s + 3.5 and v.approach is not None]  # past the first 3 s
+    focus_r = [math.hypot(384.0 - FOCUS[0], p.at(v.t_end)[1] - FOCUS[1]) / BH for v in after]
+    in_range = [v for v, r in zip(after, focus_r, strict=True) if r <= 2.9]  # the influence is 3 PH
+    assert in_range, "the scene must keep the person in range past the first 3 s"
+    assert all(v.approach >= -0.2 - 1e-9 for v in in_range), [(v.t_start, v.approach) for v in in_range]
 
 
 @pytest.mark.parametrize(("speed", "pattern"), [(0.4, "calm"), (2.0, "abrupt")])
