@@ -108,6 +108,11 @@ install: ## install cuecam on this Raspberry Pi (root): apt packages, venv, user
 
 bench: setup ## print throughput, start-up and memory figures (key: value lines)
 	$(PY) tests/bench/bench_pipeline.py
+	$(PY) tests/bench/vtest_signals.py
+
+bench-tracking: setup ## cuecam's tracker against ByteTrack, OC-SORT and SORT (Roboflow trackers) on identical detections, TrackEval metrics
+	$(PY) -m pip install -q --no-deps -r tests/bench/tracking-requirements.txt
+	$(PY) tests/bench/bench_tracking.py $(BENCH_ARGS)
 
 bench-accel: setup ## the CPU cost of a frame per detector backend (CPU SSD, AI Camera, Hailo), interleaved
 	$(PY) tests/bench/bench_accel.py

@@ -44,8 +44,10 @@ def box_height(y: float) -> float:
     return 0.12 + 0.26 * y
 
 
-def box_at(x: float, y: float, width_ratio: float = 0.4) -> np.ndarray:
-    h = box_height(y)
+def box_at(x: float, y: float, width_ratio: float = 0.4, height: tuple[float, float] | None = None) -> np.ndarray:
+    """A person's box with feet at (x, y); ``height``: (at y = 0, at y = 1) normalized instead of
+    box_height's perspective."""
+    h = box_height(y) if height is None else height[0] + (height[1] - height[0]) * y
     w = h * H * width_ratio / W
     return np.array([x - w / 2, y - h, x + w / 2, y])
 
@@ -56,6 +58,7 @@ class Person:
     path: np.ndarray  # (k, 3): t, feet x, feet y (normalized); piecewise linear
     width_ratio: float = 0.4
     still_low: bool = False  # scores weak while standing still
+    height: tuple[float, float] | None = None  # normalized box height at y = 0 and y = 1 (None: box_height)
 
     def feet(self, t: float) -> tuple[float, float] | None:
         p = self.path
@@ -150,6 +153,22 @@ def generate(name: str, seed: int, *, duration: float = 60.0, fps: float = 10.0,
     return seq
 
 
+def from_scene(path: Path, still_low: tuple[int, ...] = ()) -> Sequence:
+    """The truth of a scripted scene (firmware/camera/scenes): its actors' paths and heights, no
+    pixels; ``still_low``: the actors the detector scores weakly while they stand."""
+    from firmware.camera.scene import load_scene
+
+    scene = load_scene(path)
+    w, h = scene.size
+    people = [Person(i, np.asarray(a.waypoints, dtype=np.float64), still_low=i in still_low,
+                     height=(a.height.at_top / h, a.height.at_bottom / h))
+              for i, a in enumerate(scene.spec.actors)]
+    seq = Sequence(f"scene-{path.stem}", scene.fps, people)
+    for k in range(scene.frames):
+        seq.frames.append(_frame(people, k / scene.fps))
+    return seq
+
+
 def _visibility(boxes: np.ndarray) -> np.ndarray:
     """Share of each box neither outside the frame nor behind a nearer box (feet lower = nearer),
     sampled on a 16x16 grid per box."""
@@ -174,7 +193,7 @@ def _frame(people: list[Person], t: float) -> Frame:
         f = p.feet(t)
         if f is None:
             continue
-        b = box_at(*f, p.width_ratio)
+        b = box_at(*f, p.width_ratio, p.height)
         if b[2] <= 0 or b[0] >= 1 or b[3] <= 0 or b[1] >= 1:
             continue
         ids.append(p.pid)

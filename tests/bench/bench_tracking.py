@@ -91,7 +91,12 @@ def sequences(quick: bool) -> list[crowd.Sequence]:
         ("pairs", {"fps": 10.0, "pair_share": 0.6}),
     ]
     seeds = range(1) if quick else range(3)
-    return [crowd.generate(f"{k}-{s}", 1000 * i + s, **kw) for i, (k, kw) in enumerate(kinds) for s in seeds]
+    generated = [crowd.generate(f"{k}-{s}", 1000 * i + s, **kw) for i, (k, kw) in enumerate(kinds) for s in seeds]
+    # the scripted scenes' truth (paths and heights, no pixels); weak_stop's shopper scores weakly standing
+    from firmware.camera.scene import SCENES_DIR
+
+    scenes = [crowd.from_scene(p, still_low=(0,) if p.stem == "weak_stop" else ()) for p in sorted(SCENES_DIR.glob("*.yaml"))]
+    return generated + scenes
 
 
 def main() -> None:
@@ -125,6 +130,7 @@ def main() -> None:
         results = {name: evaluate_mot_sequences(gt_dir, Path(tmp) / name, metrics=["CLEAR", "HOTA", "Identity"])
                    for name in names}
     print(f"bench_tracking_sequences: {len(seqs)}")
+    print(f"bench_tracking_scripted_scenes: {sum(s.name.startswith('scene-') for s in seqs)}")
     print(f"bench_tracking_frames: {sum(len(s.frames) for s in seqs)}")
     print(f"bench_tracking_people: {sum(len(s.people) for s in seqs)}")
     for name in names:
