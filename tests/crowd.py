@@ -159,7 +159,7 @@ def from_scene(path: Path, still_low: tuple[int, ...] = ()) -> Sequence:
     from firmware.camera.scene import load_scene
 
     scene = load_scene(path)
-    w, h = scene.size
+    h = scene.size[1]
     people = [Person(i, np.asarray(a.waypoints, dtype=np.float64), still_low=i in still_low,
                      height=(a.height.at_top / h, a.height.at_bottom / h))
               for i, a in enumerate(scene.spec.actors)]
