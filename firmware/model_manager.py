@@ -234,6 +234,7 @@ class ModelManager:
                 "runtime": None if runner is None else runner.runtime,
                 "delegate": None if runner is None else runner.delegate, "threads": threads,
                 "input": None if runner is None else list(runner.input_shape), "problem": self.problem,
+                "accelerator": getattr(runner, "info", None),  # e.g. the HailoRT versions
                 "fallback": self.loaded.config.inference.fallback_model, "on_fallback": self.on_fallback,
                 "state": self.state.value,
                 "switches": switches, "consecutive_errors": consecutive_errors,

@@ -99,6 +99,7 @@ class HailoRunner:
             self.close()
             raise ModelError(f"{model.path}: the HEF's input is {list(shape)} but models/manifest.yaml says "
                              f"{spec[1:]} for {model.key!r}; the file does not match its manifest entry")
+        self.info = {"hailort_driver": self.driver_version, "hailort_library": self.library_version}
         self.input_shape: tuple[int, ...] = (1, *shape)
         self.input_size = (shape[1], shape[0])
         self.last: Any = None

@@ -223,6 +223,8 @@ async def test_a_hailort_version_mismatch_is_on_health_with_both_versions_and_th
         n = rig.runs
         await _until(lambda: rig.runs >= n + 5)
         assert (await c.get("/health")).status == 200
+        status = await (await c.get("/v1/status", headers={"Authorization": "Bearer " + "t" * 24})).json()
+        assert status["model"]["accelerator"] == {"hailort_driver": "4.18.0", "hailort_library": "4.18.0"}
     finally:
         await c.close()
         await svc.stop()
