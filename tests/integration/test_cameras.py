@@ -150,3 +150,33 @@ async def test_synthetic_scene_draws_its_scripted_people():
     px = f10.image[int(0.7 * 240), int(0.46 * 320)]
     assert tuple(px) == (250, 10, 10)
     assert tuple(f10.image[5, 5]) == (128, 128, 128)
+
+
+@pytest.mark.parametrize("mode", ["metadata", "lores"])
+async def test_the_ai_camera_stand_in_keeps_the_live_camera_contract(vtest, mode):
+    """board_configs/sim-aicam.yaml's camera (the IMX500 stand-in) through create_camera: frame ids,
+    the sensor's timeline, pixels only in lores mode, the network's outputs with every frame, and
+    a reopening that goes on counting."""
+    from firmware.config import Config, LoadedConfig, load_config
+    from tests.conftest import ROOT, _merge
+
+    base = load_config(ROOT / "board_configs" / "sim-aicam.yaml")
+    over = {"camera": {"fake_pacing": "fast", "mode": mode, "lores_format": "BGR888"}}
+    loaded = LoadedConfig(Config.model_validate(_merge(base.config.model_dump(), over)), base.path)
+    cam = create_camera(loaded)
+    assert not cam.live  # the unpaced stand-in waits to be read, as a fast replay
+    frames = []
+    for _ in range(2):  # open, read, close; again
+        await cam.open()
+        try:
+            frames += [await cam.read(5.0) for _ in range(20)]
+        finally:
+            await cam.close()
+    assert [f.frame_id for f in frames] == list(range(1, 41))
+    assert np.allclose(np.diff([f.t_mono for f in frames[:20]]), 0.1)  # the recording's 10 fps
+    for f in frames:
+        assert f.outputs is not None and f.size == (768, 576)
+        if mode == "metadata":
+            assert f.image is None
+        else:
+            assert f.image is not None and f.image.shape == (576, 768, 3) and f.image.dtype == np.uint8
