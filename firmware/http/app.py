@@ -528,6 +528,8 @@ UI_ROUTES: tuple[Route, ...] = (
           content_type="text/javascript", response={"type": "string"}),
     Route("GET", "/ui/commissioning.css", ui.style, "The commissioning page's style.", auth=False,
           content_type="text/css", response={"type": "string"}),
+    Route("GET", "/ui/sse.js", ui.sse_script, "The commissioning page's stream reader.", auth=False,
+          content_type="text/javascript", response={"type": "string"}),
     Route("GET", "/v1/ui/live", ui.live, "The live view as server-sent events, at most commissioning.rate_hz a "
           "second: people as normalized boxes, keypoints and paths; zones with people now and signals.",
           content_type="text/event-stream",

@@ -32,7 +32,7 @@ from .device import SERVICE, Device
 log = logging.getLogger(__name__)
 
 SIGNALS_WINDOW_S = 10.0  # the zones' live signals: the vectors of the last 10 s
-ASSETS = {"commissioning.js": "text/javascript", "commissioning.css": "text/css"}
+ASSETS = {"commissioning.js": "text/javascript", "commissioning.css": "text/css", "sse.js": "text/javascript"}
 # The page may load its own script and style and talk to its own origin; nothing else, no image of any kind.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -113,6 +113,7 @@ def _asset(name: str) -> Any:
 
 script = _asset("commissioning.js")
 style = _asset("commissioning.css")
+sse_script = _asset("sse.js")  # the stream reader (the gateway's dashboard serves the same file)
 
 
 def zone_signals(svc: Device) -> list[dict[str, Any]]:

@@ -50,31 +50,16 @@
   let abort = null;
   async function stream() {
     abort = new AbortController();
+    let status;
     try {
-      const r = await fetch("/v1/ui/live", { headers: headers(), signal: abort.signal, cache: "no-store" });
-      if (r.status === 401) { logout("the token was refused"); return; }
-      if (!r.ok) throw new Error("live view: HTTP " + r.status);
-      setStatus("live", "live");
-      state.connected = true;
-      const reader = r.body.getReader();
-      const dec = new TextDecoder();
-      let buf = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += dec.decode(value, { stream: true });
-        let i;
-        while ((i = buf.indexOf("\n\n")) >= 0) {
-          const event = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          for (const line of event.split("\n")) {
-            if (line.startsWith("data: ")) onMessage(JSON.parse(line.slice(6)));
-          }
-        }
-      }
+      status = await cuecamSSE.read("/v1/ui/live", headers(), abort.signal, () => {
+        setStatus("live", "live");
+        state.connected = true;
+      }, onMessage);
     } catch (e) {
-      if (e.name === "AbortError") return;
+      return;  // aborted: the token is being changed
     }
+    if (status === 401) { logout("the token was refused"); return; }
     state.connected = false;
     setStatus("reconnecting", "down");
     setTimeout(stream, 2000);

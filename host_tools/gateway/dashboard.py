@@ -36,6 +36,7 @@ LIVE_S = 2.0  # a live message every 2 s
 MAX_STREAMS = 16
 MAX_DECISIONS = 100
 ASSETS = {
+    "/sse.js": ("firmware:ui/sse.js", "text/javascript"),  # the board's stream reader, one file for both pages
     "/dashboard.js": ("dashboard.js", "text/javascript"),
     "/dashboard.css": ("dashboard.css", "text/css"),
     "/vendor/uplot/uPlot.iife.min.js": ("vendor/uplot/uPlot.iife.min.js", "text/javascript"),
@@ -53,6 +54,8 @@ STREAMS: web.AppKey[list[int]] = web.AppKey("dashboard_streams")  # [open stream
 
 
 def _static(name: str) -> bytes:
+    if name.startswith("firmware:"):
+        return resources.files("firmware").joinpath(*name.removeprefix("firmware:").split("/")).read_bytes()
     return resources.files("host_tools").joinpath("gateway", "static", name).read_bytes()
 
 

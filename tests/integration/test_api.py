@@ -171,7 +171,7 @@ async def test_openapi_lists_exactly_the_served_routes(client):
     assert public == {"/health", "/v1/privacy"}
     # and the commissioning page's static shell (sim.yaml has commissioning on; its data needs the token)
     public |= {r.path for r in UI_ROUTES if not r.auth}
-    assert public - {"/health", "/v1/privacy"} == {"/ui", "/ui/commissioning.js", "/ui/commissioning.css"}
+    assert public - {"/health", "/v1/privacy"} == {"/ui", "/ui/commissioning.js", "/ui/commissioning.css", "/ui/sse.js"}
     assert all(op["security"] for p, ops in doc["paths"].items() if p not in public for op in ops.values())
 
 

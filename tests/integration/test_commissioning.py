@@ -22,6 +22,7 @@ from firmware.config import load_config
 from firmware.http.app import UI_ROUTES, build_app
 from tests.conftest import until
 from tests.device import write_config
+from tests.sse import read_events
 
 TOKEN = "commissioning-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -49,28 +50,10 @@ async def _messages(c: TestClient, seconds: float, raw: list[bytes] | None = Non
                     source: str = "127.0.0.1") -> list[dict]:
     """The live stream's messages for ``seconds`` (or until ``n`` came), bytes kept in ``raw``; the
     connection made from the loopback address ``source`` (another address: another client)."""
-    out: list[dict] = []
-    buf = b""
     async with ClientSession(connector=TCPConnector(local_addr=(source, 0))) as http, \
             http.get(c.make_url("/v1/ui/live"), headers=AUTH) as r:
         assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream", (r.status, await r.text())
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and (n is None or len(out) < n):
-            try:
-                chunk = await asyncio.wait_for(r.content.readany(), max(0.05, deadline - time.monotonic()))
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            if raw is not None:
-                raw.append(chunk)
-            buf += chunk
-            while b"\n\n" in buf:
-                event, buf = buf.split(b"\n\n", 1)
-                for line in event.split(b"\n"):
-                    if line.startswith(b"data: "):
-                        out.append({"at": time.monotonic(), **orjson.loads(line[6:])})
-    return out
+        return await read_events(r, seconds, n, raw, stamp=True)
 
 
 async def test_people_arrive_as_boxes_at_a_capped_rate(board):
@@ -233,7 +216,7 @@ async def test_nothing_the_page_receives_is_image_data(board):
     svc = board.svc
     await until(lambda: svc.commissioning.people, 60)
     received: dict[str, bytes] = {}
-    for path in ("/ui", "/ui/commissioning.js", "/ui/commissioning.css"):
+    for path in [r.path for r in UI_ROUTES if not r.auth]:  # the page and every file it loads
         r = await board.get(path)
         assert r.status == 200 and not r.content_type.startswith(("image/", "video/"))
         received[path] = await r.read()

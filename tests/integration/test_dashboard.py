@@ -14,6 +14,7 @@ import orjson
 
 from host_tools.gateway import dashboard
 from tests.integration.test_gateway_api import API_TOKEN, running  # noqa: F401  (the gateway fixture)
+from tests.sse import read_events
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 HEX_TOKEN = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
@@ -21,24 +22,9 @@ VENDOR = Path(dashboard.__file__).with_name("static") / "vendor" / "uplot"
 
 
 async def _events(s: aiohttp.ClientSession, path: str, n: int, seconds: float, raw: list[bytes]) -> list[dict]:
-    out: list[dict] = []
-    buf = b""
     async with s.get(path, headers=AUTH) as r:
         assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
-        deadline = time.monotonic() + seconds
-        while len(out) < n and time.monotonic() < deadline:
-            try:
-                chunk = await asyncio.wait_for(r.content.readany(), max(0.05, deadline - time.monotonic()))
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            raw.append(chunk)
-            buf += chunk
-            while b"\n\n" in buf:
-                ev, buf = buf.split(b"\n\n", 1)
-                out += [orjson.loads(line[6:]) for line in ev.split(b"\n") if line.startswith(b"data: ")]
-    return out
+        return await read_events(r, seconds, n, raw)
 
 
 async def test_the_page_is_public_and_its_data_needs_the_token(running):  # noqa: F811

@@ -139,35 +139,19 @@
   let abort = null;
   async function live() {
     abort = new AbortController();
+    let status;
     try {
-      const r = await fetch("/v1/dashboard/live?since=" + state.cursor, { headers: headers(), signal: abort.signal, cache: "no-store" });
-      if (r.status === 401) { ask("the token was refused"); return; }
-      if (!r.ok) throw new Error("HTTP " + r.status);
-      setStatus("live", "live");
-      const reader = r.body.getReader();
-      const dec = new TextDecoder();
-      let buf = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += dec.decode(value, { stream: true });
-        let i;
-        while ((i = buf.indexOf("\n\n")) >= 0) {
-          const ev = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          for (const line of ev.split("\n")) {
-            if (!line.startsWith("data: ")) continue;
-            const msg = JSON.parse(line.slice(6));
-            state.messages += 1;
-            state.cursor = msg.cursor;
-            renderNow(msg.now);
-            addDecisions(msg.decisions);
-          }
-        }
-      }
+      status = await cuecamSSE.read("/v1/dashboard/live?since=" + state.cursor, headers(), abort.signal,
+        () => setStatus("live", "live"), (msg) => {
+          state.messages += 1;
+          state.cursor = msg.cursor;
+          renderNow(msg.now);
+          addDecisions(msg.decisions);
+        });
     } catch (e) {
-      if (e.name === "AbortError") return;
+      return;  // aborted: the token is being asked for
     }
+    if (status === 401) { ask("the token was refused"); return; }
     setStatus("reconnecting", "down");
     setTimeout(live, 3000);
   }
