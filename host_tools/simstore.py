@@ -285,7 +285,7 @@ async def run_sim_store(*, n_devices: int = 3, duration: float | None = None, mq
         gw_task = asyncio.create_task(serve(gw, ready=on_ready))
         await asyncio.wait_for(ready.wait(), 30)
         say(f"sim-store: {len(devices)} cameras ({', '.join(f'{d.name} {d.url}' for d in devices)}), gateway "
-            f"{gw_url[0]} (try {gw_url[0]}/v1/state, /v1/decisions, /v1/devices, /metrics), "
+            f"{gw_url[0]} (the store dashboard: {gw_url[0]}/ ; try /v1/state, /v1/decisions, /v1/devices, /metrics), "
             f"MQTT {f'127.0.0.1:{mqtt_port}' if mqtt_port else 'off'}, webhooks -> 127.0.0.1:{hook_port}; "
             f"files in {wd}")
         t_end = None if duration is None else time.monotonic() + duration

@@ -55,6 +55,7 @@ def test_people_appear_as_boxes_and_the_zones_are_the_configs(board, page):
     t0 = time.monotonic()
     wait_js(page, "() => window.cuecam.last && window.cuecam.last.people.length > 0", 30)
     seen_s = time.monotonic() - t0
+    print(f"people_on_page_s: {seen_s:.2f}")
     assert seen_s < 15, seen_s  # within a few seconds of opening the page (the model loads first)
     wait_js(page, "() => window.cuecam.messages > 5", 10)
     assert _green_pixels(page) > 100
