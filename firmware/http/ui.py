@@ -31,6 +31,7 @@ from .device import SERVICE, Device
 
 log = logging.getLogger(__name__)
 
+MAX_ZONE_NAMES = 1024  # zone names one run may know (edits only add: a held vector keeps naming its zone)
 SIGNALS_WINDOW_S = 10.0  # the zones' live signals: the vectors of the last 10 s
 ASSETS = {"commissioning.js": "text/javascript", "commissioning.css": "text/css", "sse.js": "text/javascript"}
 # The page may load its own script and style and talk to its own origin; nothing else, no image of any kind.
@@ -224,6 +225,9 @@ async def zones_post(request: web.Request) -> web.Response:
         zones = validate_zones(svc.config, body["zones"])
     except ZoneProblems as e:
         return _problems(422, "the zones are not valid; nothing was saved", e.problems)
+    if len(set(svc.zone_names) | {z.name for z in zones}) > MAX_ZONE_NAMES:
+        return _problems(409, f"more than {MAX_ZONE_NAMES} zone names since the board started (vectors held keep "
+                         "naming theirs); restart the board, then save again; nothing was saved", [])
     async with request.app[_SAVE_LOCK]:
         try:
             cfg = await asyncio.to_thread(svc.zone_file.save, zones)

@@ -272,3 +272,23 @@ async def test_a_stopping_board_ends_the_open_streams_at_once(models_dir, vtest,
             assert time.monotonic() - t0 < 10 and proc.returncode == 0, device.log_text(proc)[-2000:]
     finally:
         device.stop(proc)
+
+
+async def test_zone_names_of_one_run_are_capped(board):
+    """Edits only add zone names (a held vector keeps naming its zone): beyond MAX_ZONE_NAMES a save is refused."""
+    from firmware.http.ui import MAX_ZONE_NAMES
+
+    svc, path = board.svc, board.config_path
+    square = [[0.1, 0.1], [0.2, 0.1], [0.2, 0.2], [0.1, 0.2]]
+    saves = 0
+    for batch in range(MAX_ZONE_NAMES // 64 + 2):  # bounded
+        zones = [{"name": f"z{batch}-{i}", "kind": "aisle", "polygon": square} for i in range(64)]
+        before = path.read_text()
+        r = await board.post("/v1/ui/zones", json={"zones": zones}, headers=AUTH)
+        if r.status == 409:
+            assert "zone names" in (await r.json())["error"]["message"] and path.read_text() == before
+            break
+        assert r.status == 200, await r.text()
+        saves += 1
+    assert len(svc.zone_names) <= MAX_ZONE_NAMES < len(svc.zone_names) + 64
+    assert saves == (MAX_ZONE_NAMES - 3) // 64
