@@ -23,7 +23,7 @@ from firmware.config import BoardKind
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARDS = list(get_args(BoardKind))  # a bundle built without --boards installs on every kind of board
-TREE_GLOBS = ("firmware/**/*.py", "firmware/camera/scenes/*.yaml", "ota/**/*.py", "ota/systemd/*.service",
+TREE_GLOBS = ("firmware/**/*.py", "firmware/camera/scenes/*.yaml", "firmware/ui/*", "ota/**/*.py", "ota/systemd/*.service",
               "board_configs/*.yaml", "models/manifest.yaml")
 
 

@@ -211,3 +211,16 @@ def test_commissioning_is_off_in_every_production_config_and_on_in_sim():
         assert load_config(p).config.commissioning.enabled is False, p
     assert load_config(SIM_CONFIG).config.commissioning.enabled is True
     assert CommissioningConfig().enabled is False
+
+
+def test_an_update_slot_carries_the_page():
+    """The files an OTA bundle is built from (host_tools.ota_cli.tree_files) hold the page and its scripts:
+    a board updated over the air still serves /ui."""
+    import subprocess
+
+    from host_tools.ota_cli import tree_files
+
+    shipped = subprocess.run(["git", "ls-files", "firmware/ui"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert {"firmware/ui/commissioning.html", "firmware/ui/commissioning.js", "firmware/ui/sse.js"} <= set(shipped)
+    assert set(shipped) <= set(tree_files(ROOT))
