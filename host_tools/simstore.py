@@ -1,10 +1,12 @@
 """``cuecam sim-store``: a whole store on one machine, for demos and tests.
 
 Starts N real camera boards (``python -m firmware`` processes, each on its own loopback port with
-its own API token: one replays vtest.avi, the others play scripted scenes with real cut-out people),
-a real MQTT broker (Debian's mosquitto, when installed), a signage/staff endpoint that checks the
-webhooks' HMAC signatures, and the gateway with the demo rules. Every decision is printed with its
-explanation as it happens; ``--json`` prints a summary at the end instead.
+its own API token: one replays vtest.avi and counts the people crossing a line across its plaza,
+the store's door in the demo; the others play scripted scenes with real cut-out people), a real
+MQTT broker (Debian's mosquitto, when installed), a signage/staff endpoint that checks the
+webhooks' HMAC signatures, a till that posts its sales (no identifiers) to the gateway, and the
+gateway with the demo rules. Every decision is printed with its explanation as it happens;
+``--json`` prints a summary at the end instead.
 
     cuecam sim-store                       # until Ctrl-C
     cuecam sim-store --duration 60 --json  # a bounded run, summary as JSON
@@ -37,15 +39,21 @@ from .gateway.config import load_gateway_config
 from .gateway.outputs import verify_signature
 from .gateway.rules import Decision
 from .gateway.service import Gateway, serve
+from .gateway.transactions import parse_batch
 
 REPO = Path(__file__).resolve().parents[1]
 SCENES = REPO / "firmware" / "camera" / "scenes"
-# (device name, camera): cycled over --devices
-PLANS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("cam-plaza", {"type": "replay", "source": str(REPO / "media" / "vtest.avi"), "pacing": "realtime", "loop": True}),
-    ("cam-display", {"type": "synthetic", "scene": str(SCENES / "demo_browse.yaml"), "pacing": "realtime"}),
-    ("cam-entrance", {"type": "synthetic", "scene": str(SCENES / "demo_veer.yaml"), "pacing": "realtime"}),
+# (device name, camera, zones added to the template's): cycled over --devices
+DOOR_LINE = {"name": "plaza-door", "kind": "line", "line": [[0.5, 0.2], [0.5, 0.98]], "in_side": "left",
+             "entrance": True}  # the demo store's door: people walking left to right across the plaza come in
+PLANS: tuple[tuple[str, dict[str, Any], list[dict[str, Any]]], ...] = (
+    ("cam-plaza", {"type": "replay", "source": str(REPO / "media" / "vtest.avi"), "pacing": "realtime", "loop": True},
+     [DOOR_LINE]),
+    ("cam-display", {"type": "synthetic", "scene": str(SCENES / "demo_browse.yaml"), "pacing": "realtime"}, []),
+    ("cam-entrance", {"type": "synthetic", "scene": str(SCENES / "demo_veer.yaml"), "pacing": "realtime"}, []),
 )
+TILL_EVERY_S = 40.0  # the demo till: one sale at the start, then one every this many seconds
+DEMO_CONVERSION = 0.45  # the demo history's share of people in who bought, this hour on past weeks
 DEMO_RULES = Path(__file__).with_name("gateway") / "demo_rules.yaml"
 
 
@@ -110,7 +118,8 @@ class SimDevice:
             return self.proc.wait(5)
 
 
-def write_device(workdir: Path, name: str, camera: dict[str, Any], port: int, template: Path) -> SimDevice:
+def write_device(workdir: Path, name: str, camera: dict[str, Any], port: int, template: Path,
+                 zones: list[dict[str, Any]] | None = None) -> SimDevice:
     """A board config for one sim device: the template with its own name, port, token, camera and state dirs."""
     d = workdir / "devices" / name
     d.mkdir(parents=True, exist_ok=True)
@@ -121,6 +130,7 @@ def write_device(workdir: Path, name: str, camera: dict[str, Any], port: int, te
         f.write(secrets.token_urlsafe(32) + "\n")
     cfg["board"]["name"] = name
     cfg["camera"] = camera
+    cfg["zones"] = [*cfg.get("zones", []), *(zones or [])]
     cfg["inference"]["models_dir"] = str((template.parent / cfg["inference"]["models_dir"]).resolve())
     cfg["inference"]["threads"] = 1
     cfg["api"].update({"host": "127.0.0.1", "port": port, "token_file": str(token_file), "generate_token": False})
@@ -196,7 +206,7 @@ def demo_history(now: datetime, weeks: int, per_hour: int) -> list[tuple[str, in
 
 
 def gateway_config(workdir: Path, devices: list[SimDevice], *, mqtt_port: int | None, hook_url: str,
-                   hook_secret_file: Path, gateway_port: int, sqlite: bool) -> Path:
+                   hook_secret_file: Path, gateway_port: int, sqlite: bool, till_token_file: Path) -> Path:
     rules = yaml.safe_load(DEMO_RULES.read_text(encoding="utf-8"))["rules"]
     secret = {"file": str(hook_secret_file)}
     outputs: dict[str, Any] = {"log": {"enabled": True},
@@ -208,9 +218,10 @@ def gateway_config(workdir: Path, devices: list[SimDevice], *, mqtt_port: int | 
         for r in rules:
             r["then"] = [a for a in r["then"] if a["output"] != "mqtt"]
     cfg = {"version": 1,
-           "gateway": {"name": "demo-store", "host": "127.0.0.1", "port": gateway_port},
+           "gateway": {"name": "demo-store", "host": "127.0.0.1", "port": gateway_port,
+                       "till_token": {"file": str(till_token_file)}},
            "devices": [{"name": d.name, "url": d.url, "token": {"file": str(d.token_file)}} for d in devices],
-           "polling": {"interval_s": 0.5, "stale_after_s": 5},
+           "polling": {"interval_s": 0.5, "stale_after_s": 5, "counts_s": 2},
            "store": {"retention_s": 3600, "bucket_s": 60} | ({"sqlite": str(workdir / "gateway.sqlite")} if sqlite else {}),
            "rules": rules, "outputs": outputs}
     path = workdir / "gateway.yaml"
@@ -227,7 +238,8 @@ async def run_sim_store(*, n_devices: int = 3, duration: float | None = None, mq
     wd.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if as_json else (lambda *a: print(*a, flush=True))
     devices = [write_device(wd, f"{PLANS[i % len(PLANS)][0]}{'' if i < len(PLANS) else f'-{i // len(PLANS) + 1}'}",
-                            PLANS[i % len(PLANS)][1], free_port(), template) for i in range(n_devices)]
+                            PLANS[i % len(PLANS)][1], free_port(), template, PLANS[i % len(PLANS)][2])
+               for i in range(n_devices)]
     broker: Mosquitto | None = None
     mqtt_port: int | None = None
     mqtt_msgs: list[dict[str, Any]] = []
@@ -247,10 +259,11 @@ async def run_sim_store(*, n_devices: int = 3, duration: float | None = None, mq
             if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
                 raise ValueError("--mqtt must be a loopback HOST:PORT, auto or off")
             mqtt_port = int(port)
-        secret_file = wd / "webhook-secret"
-        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32) + "\n")
+        secret_file, till_file = wd / "webhook-secret", wd / "till-token"
+        for path in (secret_file, till_file):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
         receiver = Receiver(secret_file.read_text().strip())
         hook_app = web.Application(client_max_size=256 * 1024)
         hook_app.router.add_post("/{name}", receiver.handle)
@@ -259,7 +272,8 @@ async def run_sim_store(*, n_devices: int = 3, duration: float | None = None, mq
         await web.TCPSite(hook_runner, "127.0.0.1", 0).start()
         hook_port = int(hook_runner.addresses[0][1])
         gw_cfg = gateway_config(wd, devices, mqtt_port=mqtt_port, hook_url=f"http://127.0.0.1:{hook_port}",
-                                hook_secret_file=secret_file, gateway_port=gateway_port, sqlite=sqlite)
+                                hook_secret_file=secret_file, gateway_port=gateway_port, sqlite=sqlite,
+                                till_token_file=till_file)
         await _wait_devices(devices, say)
 
         async def printed(d: Decision) -> None:
@@ -271,8 +285,14 @@ async def run_sim_store(*, n_devices: int = 3, duration: float | None = None, mq
             per_hour = 6000 if history == "busy" else 10
             rows = demo_history(datetime.now(), 4, per_hour)
             await gw.store.seed_history(rows)
+            # and the till's history of those hours: DEMO_CONVERSION of the people in bought
+            await gw.sales.take_batch(parse_batch({"hours": [
+                {"hour": datetime.strptime(f"{day} {h:02d}", "%Y-%m-%d %H").isoformat(),
+                 "transactions": int(DEMO_CONVERSION * n), "basket_total": 18.5 * int(DEMO_CONVERSION * n)}
+                for day, _wd, h, n in rows]}))
             say(f"demo history ({history}): {len(rows)} past {datetime.now():%A}s at {datetime.now():%H}:00 had "
-                f"{min(r[3] for r in rows)}-{max(r[3] for r in rows)} sessions/h (seeded; a real store imports its own)")
+                f"{min(r[3] for r in rows)}-{max(r[3] for r in rows)} people in/h, {DEMO_CONVERSION:.0%} of them "
+                "bought (seeded; a real store imports its door counter's and till's history)")
         if mqtt_port is not None:
             tasks.append(asyncio.create_task(_subscribe(mqtt_port, mqtt_msgs, say)))
         ready = asyncio.Event()
@@ -284,6 +304,7 @@ async def run_sim_store(*, n_devices: int = 3, duration: float | None = None, mq
 
         gw_task = asyncio.create_task(serve(gw, ready=on_ready))
         await asyncio.wait_for(ready.wait(), 30)
+        tasks.append(asyncio.create_task(_till(gw_url[0], till_file.read_text().strip(), say)))
         say(f"sim-store: {len(devices)} cameras ({', '.join(f'{d.name} {d.url}' for d in devices)}), gateway "
             f"{gw_url[0]} (the store dashboard: {gw_url[0]}/ ; try /v1/state, /v1/decisions, /v1/devices, /metrics), "
             f"MQTT {f'127.0.0.1:{mqtt_port}' if mqtt_port else 'off'}, webhooks -> 127.0.0.1:{hook_port}; "
@@ -297,6 +318,7 @@ async def run_sim_store(*, n_devices: int = 3, duration: float | None = None, mq
         summary = {"workdir": str(wd), "gateway": gw_url[0], "devices": gw.devices(), "state": gw.state(300),
                    "decisions": [d.to_json() for d in gw.engine.decisions],
                    "sessions": [s.summary() for s in gw.store.sessions.values()],
+                   "kpis": gw.sales.hourly(2),
                    "mqtt": {"port": mqtt_port, "received": mqtt_msgs},
                    "webhooks": receiver.got}
         gw.stop_event.set()
@@ -337,6 +359,26 @@ async def _wait_devices(devices: list[SimDevice], say: Any, wait_s: float = 90.0
                     raise RuntimeError(f"{d.name} did not start within {wait_s:.0f} s; see {d.log}")
                 await asyncio.sleep(0.2)
             say(f"{d.name}: up on {d.url}")
+
+
+async def _till(gateway: str, token: str, say: Any) -> None:
+    """The demo store's till: a sale at the start and one every TILL_EVERY_S, posted as the till
+    system would (its own token; time, basket, items, till, category totals; nothing about anyone)."""
+    rng = secrets.SystemRandom()
+    run = "".join(rng.choice("abcdefghjkmnpqrstuvwxyz") for _ in range(8))  # batch names: no long numbers
+    n = 0
+    async with aiohttp.ClientSession() as s:
+        while True:
+            n += 1
+            basket = round(rng.uniform(4, 40), 2)
+            sale = {"batch": f"demo-till-{run}-{n}", "transactions": [
+                {"t": datetime.now().isoformat(timespec="seconds"), "basket": basket, "items": rng.randint(1, 6),
+                 "till": "till-1", "categories": {"coffee": round(basket * 0.4, 2), "bakery": round(basket * 0.6, 2)}}]}
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with s.post(f"{gateway}/v1/transactions", json=sale, headers={"Authorization": f"Bearer {token}"},
+                                  timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    say(f"[till] sale {n}: {basket:.2f} -> gateway {r.status}")
+            await asyncio.sleep(TILL_EVERY_S)
 
 
 async def _subscribe(port: int, into: list[dict[str, Any]], say: Any) -> None:

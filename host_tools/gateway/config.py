@@ -128,14 +128,14 @@ class ShareWhen(_Strict):
 
 
 class LowConversionWhen(_Strict):
-    """Footfall is normal (at or above the ``footfall_percentile`` of the same weekday and hour) but
-    conversion (transactions / footfall over window_s, at ``zone``'s tills when set) is below the
-    ``percentile`` of that hour's conversion on past days (>= min_samples of them)."""
+    """Footfall is normal (at or above the ``footfall_percentile`` of the same weekday and hour; null:
+    whatever it is) but conversion (transactions / footfall over window_s, at ``zone``'s tills when
+    set) is below the ``percentile`` of that hour's conversion on past days (>= min_samples of them)."""
 
     kind: Literal["low_conversion"]
     window_s: int = Field(default=3600, ge=60, le=86400)
     percentile: float = Field(default=25.0, gt=0, lt=100)
-    footfall_percentile: float = Field(default=25.0, ge=0, lt=100)
+    footfall_percentile: float | None = Field(default=25.0, ge=0, lt=100)
     min_footfall: int = Field(default=10, ge=1, le=1_000_000)
     min_samples: int = Field(default=3, ge=1, le=1000)
     zone: Name | None = None

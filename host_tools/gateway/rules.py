@@ -203,8 +203,8 @@ class DecisionEngine:
         if people < w.min_footfall:
             return None
         rate = people * 3600.0 / span
-        normal = float(np.percentile([f for f, _ in base], w.footfall_percentile))
-        if rate < normal:
+        normal = None if w.footfall_percentile is None else float(np.percentile([f for f, _ in base], w.footfall_percentile))
+        if normal is not None and rate < normal:
             return None  # a slow hour: that is slow_traffic's business, not a conversion problem
         sold = len(self.sales.transactions(now - span, w.zone))
         conversion = sold / people
@@ -215,12 +215,15 @@ class DecisionEngine:
         day = d.strftime("%A")
         inputs = {"zone": w.zone, "footfall": people, "transactions": sold, "conversion": round(conversion, 3),
                   "window_s": round(span), "footfall_per_hour": round(rate, 1),
-                  "footfall_normal_per_hour": round(normal, 1), "baseline_percentile": w.percentile,
+                  "footfall_normal_per_hour": None if normal is None else round(normal, 1),
+                  "baseline_percentile": w.percentile,
                   "baseline_conversion": round(threshold, 3), "baseline_samples": len(base), "weekday": day,
                   "hour": d.hour}
         why = (f"conversion {where}: {sold} transactions for {people} people in = {conversion:.1%} over the last "
                f"{span / 60:.0f} min, below p{w.percentile:g} ({threshold:.1%}) of {len(base)} past {day}s "
-               f"{d.hour:02d}:00-{d.hour + 1:02d}:00, with footfall normal ({rate:.0f}/h >= {normal:.0f}/h)")
+               f"{d.hour:02d}:00-{d.hour + 1:02d}:00, "
+               + (f"footfall {rate:.0f}/h (not compared)" if normal is None
+                  else f"with footfall normal ({rate:.0f}/h >= {normal:.0f}/h)"))
         return self._fire(rule, w.zone or "store", why, inputs)
 
     def _queue(self, rule: Rule, w: QueueWhen) -> Decision | None:

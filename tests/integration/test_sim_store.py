@@ -1,7 +1,8 @@
 """`cuecam sim-store` as the integrator runs it: three real boards (vtest.avi and two scripted
 scenes), Debian's mosquitto, the webhook receiver and the gateway, all on loopback. The engaged
 visitor of the display scene must trigger the sample rule, the seeded busy history must make the
-run a slow period (offer rule), MQTT must carry both, and every webhook must verify."""
+run a slow period (offer rule) on the footfall the plaza camera counts, the demo till's sales
+must make conversion low (conversion rule), MQTT must carry them, and every webhook must verify."""
 
 from __future__ import annotations
 
@@ -65,6 +66,24 @@ def test_a_slow_period_triggers_the_offer_rule(store_run):
     assert len(offers) == 1
     i = offers[0]["inputs"]
     assert i["per_hour"] < i["baseline_per_hour"] and i["baseline_samples"] == 4 and i["baseline_percentile"] == 25
+
+
+def test_the_plaza_door_counts_footfall_and_the_till_makes_a_conversion_decision(store_run):
+    summary, err, _wd = store_run
+    traffic = summary["state"]["traffic"]
+    assert traffic["source"] == "footfall" and traffic["people"] >= 3 and traffic["transactions"] >= 1, traffic
+    assert traffic["sessions"] == summary["state"]["sessions"]  # kept for what they are
+    drops = [d for d in summary["decisions"] if d["rule"] == "conversion-drop"]
+    assert len(drops) == 1, err[-3000:]
+    d = drops[0]
+    i = d["inputs"]
+    assert i["footfall"] >= 3 and i["conversion"] == round(i["transactions"] / i["footfall"], 3)
+    assert i["conversion"] < i["baseline_conversion"] == 0.45 and i["baseline_samples"] == 4
+    assert "conversion in the store" in d["explanation"] and "people in" in d["explanation"] and d["explanation"] in err
+    assert {a["output"]: a["status"] for a in d["actions"]} == {"staff": "sent", "signage": "sent", "log": "sent"}
+    assert "[till] sale 1" in err and "-> gateway 200" in err
+    now = summary["kpis"][-1]
+    assert now["footfall"] >= 3 and now["transactions"] >= 1 and now["conversion"] is not None
 
 
 def test_mqtt_messages_come_back_from_the_real_broker(store_run):
