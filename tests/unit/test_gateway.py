@@ -59,7 +59,7 @@ def test_config_minimal_and_demo_rules_load(tmp_path):
         f"    - {{name: {n}, url: 'http://127.0.0.1:1/x', secret: {{file: tok}}}}\n" for n in ("signage", "staff"))
     p = write(tmp_path, text + yaml.safe_dump({"rules": rules}))
     cfg = load_gateway_config(p).config
-    assert [r.when.kind for r in cfg.rules] == ["engaged", "slow_traffic", "low_satisfaction", "avoidance"]
+    assert [r.when.kind for r in cfg.rules] == ["engaged", "slow_traffic", "low_conversion", "low_satisfaction", "avoidance"]
 
 
 @pytest.mark.parametrize("extra, message", [
