@@ -339,6 +339,15 @@ class _Collector:
         sess = GaugeMetricFamily("cuecam_gateway_sessions", "Sessions held (within retention)")
         sess.add_metric([], len(gw.store.sessions))
         yield sess
+        hour = gw.traffic(3600)
+        for name, help_, key in (("people_in", "Store traffic over the last hour: footfall through the entrance lines "
+                                  "(sessions while no board has one)", "people"),
+                                 ("transactions", "Till transactions over the last hour", "transactions"),
+                                 ("conversion", "Transactions / footfall over the last hour", "conversion")):
+            g = GaugeMetricFamily(f"cuecam_gateway_{name}_last_hour", help_, labels=["source"])
+            if hour.get(key) is not None:
+                g.add_metric([hour["source"]], float(hour[key]))
+            yield g
         fired = CounterMetricFamily("cuecam_gateway_decisions", "Decisions made", labels=["rule"])
         for name, n in gw.engine.fired_total.items():
             fired.add_metric([name], n)

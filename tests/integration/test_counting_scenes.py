@@ -44,9 +44,9 @@ def board(zones: list[dict]) -> dict:
     return {"zones": zones, "signals": {"pose": "off"}}
 
 
-SPEEDS = [pytest.param(1.0, 0.0, id="walk"),
-          pytest.param(0.6, 0.05, id="stroll-late", marks=pytest.mark.slow),
-          pytest.param(1.6, 0.03, id="hurry-late", marks=pytest.mark.slow)]
+SPEEDS = [pytest.param(1.0, 0.0, id="walk"),  # each run is a few seconds of the real detector
+          pytest.param(0.6, 0.05, id="stroll-late"),
+          pytest.param(1.6, 0.03, id="hurry-late")]
 
 
 def door_scene(tmp: Path, speed: float, phase: float) -> Path:
