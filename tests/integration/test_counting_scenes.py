@@ -81,10 +81,11 @@ def test_stepping_over_the_line_and_back_is_net_zero(tmp_path, models_dir, share
     assert len(run.track_of(1)) >= 1  # the one on the line was tracked, and counted nothing
 
 
-def test_a_queue_of_three_forms_and_drains(tmp_path, models_dir, shared_media):
+@pytest.mark.parametrize("shift", [0.0, 0.05], ids=["on-frame", "between-frames"])
+def test_a_queue_of_three_forms_and_drains(tmp_path, models_dir, shared_media, shift):
     # three people join a till queue 4 s apart, stand, are served 6 s apart and walk off to the left
     spots = [(0.12, 0.92), (0.26, 0.84), (0.40, 0.76)]
-    join, leave = [3.0, 7.0, 11.0], [17.0, 23.0, 29.0]
+    join, leave = [3.0 + shift, 7.0 + shift, 11.0 + shift], [17.0 + shift, 23.0 + shift, 29.0 + shift]
     actors = [(i % 2, [[join[i] - 2.5, 0.85, 0.70], [join[i], *spots[i]], [leave[i], *spots[i]],
                        [leave[i] + 2.5, -0.08, spots[i][1] + 0.04]]) for i in range(3)]
     run = run_scene(scene(tmp_path, "queue", 34.0, actors), board([QUEUE]))
