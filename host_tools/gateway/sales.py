@@ -105,6 +105,7 @@ class SalesStore:
     signal_hours: dict[tuple[str, int, int, str], SignalSums] = field(default_factory=lambda: defaultdict(SignalSums))
     batches: dict[str, float] = field(default_factory=dict)
     has_lines: bool = False  # some board reported an entrance line
+    _schema_done: bool = False
 
     @property
     def keep_minutes_s(self) -> float:
@@ -116,7 +117,9 @@ class SalesStore:
         if db is None:
             return None
         c = db._c()
-        c.executescript(_SCHEMA)
+        if not self._schema_done:  # once per connection (the store's, on its SQLite thread)
+            c.executescript(_SCHEMA)
+            self._schema_done = True
         return c
 
     async def _db(self, fn: Any, *args: Any) -> Any:
