@@ -94,6 +94,10 @@ async def test_footfall_transactions_and_the_conversion_rule(tmp_path, models_di
                 k = (await r.json())["hours"]
             assert k[-1]["footfall"] == 5 and k[-1]["transactions"] == 1 and k[-1]["conversion"] == 0.2
             assert k[-1]["basket_mean"] == 9.5
+            async with s.get("/metrics", headers=api) as r:
+                text = await r.text()
+            assert 'cuecam_gateway_people_in_last_hour{source="footfall"} 5.0' in text
+            assert 'cuecam_gateway_conversion_last_hour{source="footfall"} 0.2' in text
             # an opt-out on the board purges its counts; the gateway's copy goes with them
             async with aiohttp.ClientSession() as b, b.post(f"{board_url}/v1/optout",
                                                              headers={"Authorization": f"Bearer {BOARD_TOKEN}"}) as r:
