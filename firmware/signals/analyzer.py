@@ -31,7 +31,9 @@ class FrameResult:
     model_ms: float  # detector + pose invokes (preprocessing included)
     total_ms: float  # everything in process()
     pose_invokes: int
-    tracked: tuple[Track, ...] = ()  # the confirmed tracks of this frame (boxes and random ids only)
+    # the confirmed tracks of this frame (boxes and random ids only), as they were in this frame: the
+    # tracker goes on with the next frame while observers of this one run
+    tracked: tuple[Track, ...] = ()
     confident: int = 0  # detections at or above tracking.high_score (people the detector is sure of)
     counts: CountFrame = field(default_factory=CountFrame)  # line crossings, queue waits, occupancy (numbers only)
     size: tuple[int, int] = (0, 0)  # the frame's width and height in pixels (the boxes' scale)
@@ -135,4 +137,5 @@ class FrameAnalyzer:
             ids = self.zone_ids
             vectors = [v if v.zone < 0 else replace(v, zone=ids[v.zone]) for v in vectors]
         return FrameResult(dets, vectors, len(tracks), model_ms, before + (time.perf_counter() - t0) * 1000.0, invokes,
-                           tuple(tracks), dets.above(self.tracker.cfg.high_score), counts, (w, h), poses)
+                           tuple(tr.snapshot() for tr in tracks), dets.above(self.tracker.cfg.high_score), counts, (w, h),
+                           poses)

@@ -27,6 +27,7 @@ How this compares with ByteTrack, OC-SORT and SORT on the same detections: ``mak
 from __future__ import annotations
 
 import collections
+import copy
 import secrets
 from dataclasses import dataclass, field
 
@@ -40,6 +41,9 @@ from lap import lapjv  # Jonker-Volgenant; scipy.optimize would cost ~47 MiB of 
 # 0.80 / 3.5 % with ByteTrack's 30-fps weights). People change speed more than ByteTrack's weights
 # allow at these frame rates (velocity noise x4), their position jitter is mostly measurement
 # noise (position process noise x0.5), and their box height hardly changes (x0.1 on its velocity).
+# Times are compared with this slack: frame times are sums like t0 + n / fps, whose rounding depends
+# on t0, so a gap of exactly 3 frames must not be "over 0.3 s" at one start time and not at another.
+TIME_TOL_S = 1e-6
 _STD_POS = 1.0 / 20.0  # measurement noise relative to box height (ByteTrack's weights)
 _STD_VEL = 1.0 / 160.0 * 10.0  # ByteTrack's per-frame velocity noise, per second at 10 fps
 _Q_POS, _Q_VEL, _Q_VH = 0.5 * _STD_POS, 4.0 * _STD_VEL, 0.4 * _STD_VEL
@@ -187,6 +191,25 @@ class KalmanBox:
         return self.mean[4:6].copy()
 
 
+class FrozenBox(KalmanBox):
+    """A filter's state at one moment, read-only: what the observers of one frame see while the
+    tracker goes on with the next."""
+
+    def __init__(self, mean: np.ndarray) -> None:  # no bank slot of its own
+        self._mean = mean
+        self.slot = -1
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._mean
+
+    def predict(self, dt: float) -> None:
+        raise TypeError("a frozen filter state does not move")
+
+    def update(self, box: np.ndarray) -> None:
+        raise TypeError("a frozen filter state does not move")
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU between every box of a (n,4) and b (m,4), boxes as x0, y0, x1, y1."""
     if len(a) == 0 or len(b) == 0:
@@ -315,7 +338,7 @@ class WeakBoxes:
 
     def observe(self, boxes: np.ndarray, t: float) -> np.ndarray:
         """Record this frame's weak boxes (n, 4); returns since when each has been where it is."""
-        keep = t - self._last <= self.forget_s
+        keep = t - self._last <= self.forget_s + TIME_TOL_S
         if not keep.all():
             self._first, self._since, self._last = self._first[keep], self._since[keep], self._last[keep]
         since = np.full(len(boxes), t)
@@ -362,6 +385,14 @@ class Track:
     def box(self) -> np.ndarray:
         """The filtered box in pixels (x0, y0, x1, y1)."""
         return self.kf.box
+
+    def snapshot(self) -> Track:
+        """This track as it is now, for readers of this frame: the tracker changes the track itself
+        (its boxes, filter, counts) when the next frame comes, maybe while they still read it. Its
+        ``path`` stays the tracker's own (not for readers)."""
+        snap = copy.copy(self)
+        snap.kf = FrozenBox(self.kf.mean.copy())
+        return snap
 
     @property
     def age(self) -> float:
@@ -454,7 +485,7 @@ class Tracker:
         self._iou = iou_matrix(self._pred, boxes)  # every prediction vs every box
         tentative = [tr for tr in self.tracks if not tr.confirmed]
         everyone = list(range(len(self.tracks)))
-        stale = np.array([t - tr.last_seen > cfg.relink_after_s for tr in self.tracks], dtype=bool)
+        stale = np.array([t - tr.last_seen > cfg.relink_after_s + TIME_TOL_S for tr in self.tracks], dtype=bool)
         bias = np.where(stale, -cfg.stale_handicap, 0.0)
 
         # 1. every track vs the confident boxes, by overlap with its prediction (ByteTrack's first
@@ -516,11 +547,12 @@ class Tracker:
         self.ended = []
         for tr in self.tracks:
             if tr.confirmed:
-                if t - tr.last_seen > cfg.max_lost_s or (id(tr) in left_view and tr.det_index < 0):
+                if t - tr.last_seen > cfg.max_lost_s + TIME_TOL_S or (id(tr) in left_view and tr.det_index < 0):
                     self.ended.append(tr)
                     self._released.append(tr.kf.slot)
                     continue
-            elif t - tr.last_seen > cfg.tentative_max_lost_s or t - tr.first_seen > cfg.confirm_within_s:
+            elif (t - tr.last_seen > cfg.tentative_max_lost_s + TIME_TOL_S
+                  or t - tr.first_seen > cfg.confirm_within_s + TIME_TOL_S):
                 self._released.append(tr.kf.slot)
                 continue  # never confirmed: a ghost, or someone only glimpsed
             keep.append(tr)
@@ -555,9 +587,9 @@ class Tracker:
             # a weak box that was there before a track came to rest is the background it came to
             # rest on (a sign, a railing), not the person (confident boxes are always "new")
             since = self._since[cols]
-            if (since < t - self.cfg.background_grace_s).any():
+            if (since < t - self.cfg.background_grace_s - TIME_TOL_S).any():
                 rest = np.array([tr.rest_since for tr in sel])
-                sim[since[None, :] < rest[:, None] - self.cfg.background_grace_s] = -np.inf
+                sim[since[None, :] < rest[:, None] - self.cfg.background_grace_s - TIME_TOL_S] = -np.inf
         pairs, un_r, un_c = _assign(sim, min_sim, bias=None if bias is None else bias[rows])
         for r, c in pairs:
             self._match(sel[r], int(cols[c]), boxes, scores, t)
@@ -568,7 +600,8 @@ class Tracker:
         lost before it began, when they agree in position (where the lost one was last seen, or
         where its velocity would have taken it), size and heading. Geometry only."""
         cfg = self.cfg
-        lost = [tr for tr in self.tracks if tr.confirmed and tr.det_index < 0 and t - tr.last_seen > cfg.merge_after_s]
+        lost = [tr for tr in self.tracks
+                if tr.confirmed and tr.det_index < 0 and t - tr.last_seen > cfg.merge_after_s + TIME_TOL_S]
         if not fresh or not lost:
             return
         sim = np.full((len(fresh), len(lost)), -np.inf)
@@ -585,7 +618,7 @@ class Tracker:
                 for when, seen in ((lo.last_seen, lo.det_box), (lo.last_high, lo.high_box)):
                     gap = max(f.first_seen - when, 0.0)
                     hl = seen[3] - seen[1]
-                    if gap > cfg.max_lost_s or not 0.75 <= hf / max(hl, 1e-6) <= 1 / 0.75:
+                    if gap > cfg.max_lost_s + TIME_TOL_S or not 0.75 <= hf / max(hl, 1e-6) <= 1 / 0.75:
                         continue
                     cl = (seen[:2] + seen[2:]) / 2
                     d = min(np.hypot(*(cf - cl)), np.hypot(*(cf - cl - lo.kf.velocity * gap))) / hl
@@ -637,5 +670,5 @@ class Tracker:
             tr.high_hits += 1
             tr.last_high, tr.high_box = t, tr.det_box
         if (not tr.confirmed and tr.hits >= self.cfg.min_hits and tr.high_hits >= self.cfg.min_high_hits
-                and tr.age >= self.cfg.min_age_s):
+                and tr.age >= self.cfg.min_age_s - TIME_TOL_S):
             tr.confirmed = True

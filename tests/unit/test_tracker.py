@@ -257,3 +257,50 @@ def test_time_is_in_seconds():
         frames = run(script, 10.0, fps, cfg)
         assert len(set(tids(frames, 0))) == 1  # a 0.9 s gap is shorter than max_lost_s = 1 s
         assert next(k for k, f in enumerate(frames) if 0 in f) == 2  # the third detection
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("fps", [10.0, 20.0])
+def test_the_clock_origin_does_not_change_the_tracks(fps, seed):
+    """The same noisy detections (two walkers crossing, misses in bursts) timed from clock origins
+    a board may have (seconds since boot, days of uptime): the same tracks on the same boxes. Gaps
+    of a whole number of frames sit exactly on the time limits, and t0 + n / fps rounds differently
+    for every t0."""
+    noise = DetectionNoise(NoiseSpec(seed=seed, miss=0.3, burst=0.1), aspect=W / H)
+    paths = [[(0.0, 60.0, 400.0), (8.0, 700.0, 400.0)], [(0.0, 700.0, 380.0), (8.0, 60.0, 380.0)],
+             [(1.0, 300.0, 500.0), (3.0, 400.0, 500.0), (8.0, 400.0, 500.0)]]
+    frames = []
+    for k in range(int(8.0 * fps)):
+        people = [f for f in (walk(p, k / fps) for p in paths) if f is not None]
+        frames.append(noise.apply(np.array([box(*f) for f in people]).reshape(-1, 4) / [W, H, W, H], np.full(len(people), 0.8)))
+    seen = []
+    # limits on whole frames at these rates (0.5 s = 4, 5 or 6 frames...)
+    cfg = TrackerConfig(max_lost_s=0.3, confirm_within_s=0.3, relink_after_s=0.2, min_hits=3, merge_after_s=0.2)
+    for t0 in (0.0, 37.3, 16000.0, 86400.0 * 9 + 0.05):
+        tracker, ids, out = Tracker(cfg), {}, []
+        for k, (b, s) in enumerate(frames):
+            tracks = tracker.update(b * [W, H, W, H], s, t0 + k / fps, FRAME)
+            out.append(sorted((ids.setdefault(tr.tid, len(ids)), tuple(np.round(tr.det_box, 3))) for tr in tracks))
+        seen.append(out)
+    assert all(o == seen[0] for o in seen[1:])
+
+
+def test_the_results_of_a_frame_do_not_change_with_the_next_frame():
+    """What a frame's observers are handed (FrameAnalyzer's ``tracked``) stays as it was in that
+    frame, boxes and filtered boxes alike, while the tracker goes on (the pipeline runs the next
+    frame's tracking while observers of this one may still read it)."""
+    from firmware.inference import Detections
+    from firmware.signals.analyzer import FrameAnalyzer
+    from tests.conftest import sim_config
+
+    analyzer = FrameAnalyzer(sim_config({}).config, None, None)
+    results = []
+    for k in range(12):
+        b = box(100.0 + 20.0 * k, 450.0) / [W, H, W, H]
+        dets = Detections(np.asarray([b], np.float32), np.array([0.9], np.float32), False, 1.0)
+        res = analyzer.process(None, k / 10.0, dets, size=(W, H))
+        results.append((res, [(tr.det_box.copy(), tr.box.copy(), tr.last_seen) for tr in res.tracked]))
+    assert results[-1][1], "the walker is tracked"
+    for res, then in results:
+        for tr, (det, filt, seen) in zip(res.tracked, then, strict=True):
+            assert np.array_equal(tr.det_box, det) and np.array_equal(tr.box, filt) and tr.last_seen == seen
