@@ -242,7 +242,9 @@ class SalesStore:
                     ("INSERT OR REPLACE INTO batches VALUES (?, ?)", [] if name is None else [(name, now)]))
 
     # -- signals by hour --------------------------------------------------------------------------
-    async def add_signals(self, recs: Iterable[Rec], sign: int = 1) -> None:
+    def count_signals(self, recs: Iterable[Rec], sign: int = 1) -> list[tuple[Any, ...]]:
+        """Add (sign -1: take out) the vectors' engagement and dwell satisfaction to their hours'
+        sums, in RAM, at once; returns the rows for SQLite (``save_signals``)."""
         touched = set()
         for r in recs:
             key = (*_hour_key(r.t1), r.zone or "-")
@@ -254,10 +256,15 @@ class SalesStore:
                 s.sat_sum += sign * r.satisfaction
                 s.sat_n += sign
             touched.add(key)
-        if touched:
-            await self._db(self._write_signals, [(*k, self.signal_hours[k].eng_sum, self.signal_hours[k].eng_n,
-                                                  self.signal_hours[k].sat_sum, self.signal_hours[k].sat_n)
-                                                 for k in touched])
+        return [(*k, self.signal_hours[k].eng_sum, self.signal_hours[k].eng_n, self.signal_hours[k].sat_sum,
+                 self.signal_hours[k].sat_n) for k in touched]
+
+    async def save_signals(self, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            await self._db(self._write_signals, rows)
+
+    async def add_signals(self, recs: Iterable[Rec], sign: int = 1) -> None:
+        await self.save_signals(self.count_signals(recs, sign))
 
     def _write_signals(self, rows: list[tuple[Any, ...]]) -> None:
         self._write(("INSERT OR REPLACE INTO signal_hours VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows))

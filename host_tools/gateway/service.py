@@ -125,8 +125,12 @@ class Gateway:
     async def _on_vectors(self, recs: list[Rec]) -> None:
         now = self.clock()
         self.ingest_lag.extend(now - r.t1 for r in recs)
-        await self.sales.add_signals(recs)
-        for d in self.engine.on_vectors(recs):
+        # the rules and the hourly signal sums see the vectors before anything here can be cancelled
+        # (a stop between the store taking them and the rules would leave them taken but never judged)
+        decisions = self.engine.on_vectors(recs)
+        rows = self.sales.count_signals(recs)
+        await asyncio.shield(self.sales.save_signals(rows))
+        for d in decisions:
             await self._act_through(d)
 
     async def _ticker(self) -> None:
