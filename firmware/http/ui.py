@@ -142,9 +142,12 @@ def live_message(svc: Device) -> dict[str, Any]:
                       "tracks": s.get("tracks", 0), "engagement": s.get("engagement"),
                       "dwell_satisfaction": s.get("dwell_satisfaction"), "approach_avoid": s.get("approach_avoid")})
     st = svc.stats
+    # the opt-out companions paired with this board: device names, presses and refusals, no person
+    companions = [{k: c[k] for k in ("name", "position", "presses", "last_press_t", "last_action", "refusals",
+                                     "last_refusal", "last_refusal_t")} for c in svc.companions.status()]
     return {"t": round(svc.wall(), 3), "frames": view.frames, "size": list(view.size) if view.size else None,
             "paused": paused, "state": st.state, "fps": round(st.fps(svc.now()), 2),
-            "people": [] if paused else view.people, "zones": zones}
+            "people": [] if paused else view.people, "zones": zones, "companions": companions}
 
 
 async def live(request: web.Request) -> web.StreamResponse:

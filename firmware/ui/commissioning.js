@@ -91,7 +91,25 @@
       });
       return tr;
     }));
+    renderCompanions(msg.companions || []);
     draw();
+  }
+
+  function renderCompanions(list) {
+    $("companion-none").hidden = list.length > 0;
+    $("companion-table").querySelector("tbody").replaceChildren(...list.map((c) => {
+      const tr = document.createElement("tr");
+      tr.dataset.companion = c.name;
+      const last = c.last_press_t ? new Date(c.last_press_t * 1000).toLocaleString() + " (" + c.last_action + ")" : "never";
+      const refused = c.refusals ? c.refusals + " (last: " + c.last_refusal + ")" : "0";
+      [c.name, c.position || "–", c.presses, last, refused].forEach((v, i) => {
+        const td = document.createElement("td");
+        td.textContent = v;
+        if (i === 2) td.className = "num";
+        tr.appendChild(td);
+      });
+      return tr;
+    }));
   }
 
   function fmt(v) { return v === null || v === undefined ? "–" : Number(v).toFixed(2); }

@@ -20,7 +20,9 @@ TOKEN = "browser-test-token-0123456789abcdef"
 
 @pytest.fixture
 def board(models_dir, vtest, tmp_path):
-    path = device.write_config(tmp_path)
+    (tmp_path / "door-1.key").write_text(bytes(range(32)).hex() + "\n")  # a sign's companion, paired
+    path = device.write_config(tmp_path, {"privacy": {"optout": {"companions": [
+        {"name": "door-1", "key_file": str(tmp_path / "door-1.key"), "position": "below the sign's text"}]}}})
     proc = device.start(path, TOKEN)
     try:
         url = device.wait_url(proc)
@@ -64,6 +66,10 @@ def test_people_appear_as_boxes_and_the_zones_are_the_configs(board, page):
     assert page.locator("#zone-list li").all_inner_texts() == [f"{z.name} ({z.kind})" for z in load_config(path).config.zones]
     wait_js(page, f"() => document.querySelectorAll('#zone-table tbody tr').length === {len(names)}", 5)
     assert [r.get_attribute("data-zone") for r in page.locator("#zone-table tbody tr").all()] == names
+    row = page.locator("#companion-table tbody tr")
+    assert row.count() == 1 and row.get_attribute("data-companion") == "door-1"
+    assert row.locator("td").all_inner_texts()[:4] == ["door-1", "below the sign's text", "0", "never"]
+    assert page.locator("#companion-none").is_hidden()
     page.check("#show-heatmap")
     wait_js(page, "() => window.cuecam.heat && window.cuecam.heat.cells.length > 0", 10)
     time.sleep(1.0)

@@ -188,6 +188,34 @@ async def test_an_optout_purges_the_view(board):
     assert msgs and msgs[0]["paused"] and msgs[0]["people"] == [] and all(z["now"] == 0 for z in msgs[0]["zones"])
 
 
+async def test_the_paired_companions_and_their_last_press_are_shown(models_dir, vtest, tmp_path):
+    """A board paired with a sign's companion: the live view lists it (where its button is, never
+    pressed), then, after a signed press on POST /v1/optout, its press and a refused replay."""
+    import json
+
+    from firmware.privacy.companion import authorization
+
+    key = bytes(range(32))
+    (tmp_path / "door-1.key").write_text(key.hex() + "\n")
+    c = await _board(tmp_path, {"privacy": {"optout": {"companions": [
+        {"name": "door-1", "key_file": str(tmp_path / "door-1.key"), "position": "below the sign's text"}]}}})
+    try:
+        (before,) = (await _messages(c, 2.0, n=1))[0]["companions"]
+        assert (before["name"], before["position"], before["presses"], before["last_press_t"]) == (
+            "door-1", "below the sign's text", 0, None)
+        body = json.dumps({"v": 1, "companion": "door-1", "board": c.svc.config.board.name, "action": "optout",
+                           "ts": round(time.time()), "ctr": 7, "press": 7, "age_ms": 30}).encode()
+        headers = {"Authorization": authorization("door-1", key, body), "Content-Type": "application/json"}
+        assert (await c.post("/v1/optout", data=body, headers=headers)).status == 200
+        assert (await c.post("/v1/optout", data=body, headers=headers)).status in (401, 403, 409)  # the replay
+        msg = (await _messages(c, 2.0, n=1))[0]
+        (after,) = msg["companions"]
+        assert msg["paused"] and after["presses"] == 1 and after["last_action"] == "optout"
+        assert abs(after["last_press_t"] - time.time()) < 30 and after["refusals"] == 1 and after["last_refusal"] == "replay"
+    finally:
+        await c.close()
+
+
 # -- the no-pixel proof -------------------------------------------------------------------------------
 IMAGE_MIME = re.compile(rb"image/|video/|data:[^ ]|blob:|base64|createImageBitmap|putImageData|toDataURL", re.I)
 BASE64_RUN = re.compile(rb"[A-Za-z0-9+/=]{64,}")
