@@ -50,9 +50,8 @@ class _Superseded(Exception):
     """A frame detected before a pause or closing time: its stage two never runs."""
 
 
-def _retrieved(fut: asyncio.Future[FrameResult]) -> None:
-    if not fut.cancelled():
-        fut.exception()  # a look-ahead frame's result, no longer wanted: retrieved, not "never retrieved"
+# A frame handed to the detector thread: (frame id, capture time, generation, its stages' result).
+_Job = tuple[int, float, int, "concurrent.futures.Future[FrameResult]"]
 
 
 class ModelFailed(CuecamError):
@@ -175,11 +174,16 @@ class Pipeline:
         # Closed hours: called with the wall clock; True drops the frame before detection.
         self.closed: Callable[[float], bool] = lambda _t: False
         self._was_closed = False
+        # Set when the consumer has something to do: a frame was queued, or a frame's stages ended
+        # (set from the thread that ended them, through the loop). One wake-up each, no polling.
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> None:
         """Run until the source ends or the task is cancelled. The camera must already be open,
         unless ``open_error`` says why it is not (it is then reopened with backoff first)."""
         self.stats.state = "running" if self.open_error is None else "restarting"
+        self._loop = asyncio.get_running_loop()
         producer = asyncio.create_task(self._produce(), name="cuecam-capture")
         consumer = asyncio.create_task(self._consume(), name="cuecam-inference")
         try:
@@ -251,6 +255,7 @@ class Pipeline:
                 self._queue.put_nowait(frame)
             else:
                 await self._queue.put(frame)
+            self._wake.set()
 
     async def _reopen(self, e: CameraError, delay: float) -> CameraError | None:
         """Close the failed camera, wait ``delay``, open it again. Returns the open's error, if
@@ -285,7 +290,7 @@ class Pipeline:
         self._last_accepted = now
         return True
 
-    async def _submit(self, frame: Frame) -> tuple[int, float, int, asyncio.Future[FrameResult]] | None:
+    async def _submit(self, frame: Frame) -> _Job | None:
         """Hand a frame to the analysis thread: (frame id, time, generation, result), or None when it
         is not analysed (opted out, closed hours). The pixels go with the job and no further."""
         if not self._measuring.is_set():  # opted out: a frame that slipped in after the purge
@@ -301,8 +306,27 @@ class Pipeline:
         self._was_closed = False
         generation = self._generation
         out: concurrent.futures.Future[FrameResult] = concurrent.futures.Future()
+        out.add_done_callback(self._stages_ended)
         self._detect_executor.submit(self._stage_one, frame, generation, out)
-        return frame.frame_id, frame.t_mono, generation, asyncio.wrap_future(out)
+        return frame.frame_id, frame.t_mono, generation, out
+
+    def _stages_ended(self, _out: concurrent.futures.Future[FrameResult]) -> None:
+        """On the thread that ended a frame's stages: wake the consumer (one loop wake-up)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop is closed: nobody waits for this frame any more
+            pass
+
+    async def _until(self, ready: Callable[[], bool]) -> None:
+        """Sleep until ``ready()``, woken by each queued frame and each frame whose stages ended."""
+        while not ready():
+            self._wake.clear()
+            if ready():
+                return
+            await self._wake.wait()
 
     def _stage_one(self, frame: Frame, generation: int, out: concurrent.futures.Future[FrameResult]) -> None:
         """On the detector thread: detect (or decode the detector outputs that came with the frame),
@@ -337,11 +361,12 @@ class Pipeline:
         """Analyse frames in order, one frame of look-ahead: while a frame is in its stages, the
         next one is handed to the detector thread as soon as the camera delivers it, so the
         detector goes from frame to frame without waiting for the event loop to store a result;
-        a pause still purges after both (they are dropped by their generation)."""
-        ahead: tuple[int, float, int, asyncio.Future[FrameResult]] | None = None
+        a pause still purges after both (they are dropped by their generation). The consumer
+        sleeps on one event (a frame queued, a frame's stages ended): no task or timer per frame."""
+        ahead: _Job | None = None
         ended = False
         while True:
-            job: tuple[int, float, int, asyncio.Future[FrameResult]] | None
+            job: _Job | None
             if ahead is not None:
                 job, ahead = ahead, None
             else:
@@ -354,27 +379,23 @@ class Pipeline:
                 del frame
                 if job is None:
                     continue
-            frame_id, t_mono, generation, fut = job
-            if not ended:
-                # the next frame goes to the detector thread as soon as it is there, while this one
-                # is still in its second stage (or, already waiting, at once)
-                getter: asyncio.Future[Frame | None] = asyncio.ensure_future(self._queue.get())
-                try:
-                    await asyncio.wait({fut, getter}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
-                finally:
-                    if not getter.done():
-                        # not awaited: a CancelledError caught here could be this task's own (the
-                        # pipeline stopping) and swallowing it would leave the consumer running
-                        getter.cancel()
-                if getter.done() and not getter.cancelled():
-                    nxt = getter.result()
+            frame_id, t_mono, generation, out = job
+            while not out.done():
+                if ahead is None and not ended and not self._queue.empty():
+                    # the next frame goes to the detector thread as soon as it is there, while this
+                    # one is still in its second stage (or, already waiting, at once)
+                    nxt = self._queue.get_nowait()
                     if nxt is None:
                         ended = True
                     else:
                         ahead = await self._submit(nxt)
                         del nxt
+                    continue
+                self._wake.clear()
+                if not out.done() and (ahead is not None or ended or self._queue.empty()):
+                    await self._wake.wait()
             try:
-                res = await fut
+                res = out.result()
             except _Superseded:  # an opt-out or closing time came while it was detected
                 self.stats.frames_discarded += 1
                 continue
@@ -382,16 +403,11 @@ class Pipeline:
                 if ahead is not None:
                     # the look-ahead frame ran on the same failing model, before any replacement:
                     # it is dropped, so the failures are judged (and a fallback made) once
-                    await asyncio.wait({ahead[3]})
-                    ahead[3].add_done_callback(_retrieved)
+                    await self._until(ahead[3].done)
                     ahead = None
                     self.stats.frames_dropped += 1
                 await self._model_failed(e)
                 continue
-            except BaseException:
-                if ahead is not None:
-                    ahead[3].add_done_callback(_retrieved)
-                raise
             self._store(frame_id, t_mono, generation, res)
 
     def _store(self, frame_id: int, t_mono: float, generation: int, res: FrameResult) -> None:
