@@ -82,10 +82,14 @@ class Camera(ABC):
         self._shape: tuple[int, ...] | None = None  # the first frame's shape since open
         self.description = type(self).__name__
 
-    async def _in_thread(self, fn: Callable[[], T]) -> T:
+    def _start(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """``fn`` on the camera's thread; its future, awaited directly (no task per call)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cuecam-camera")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await self._start(fn)
 
     async def open(self) -> None:
         try:
@@ -102,7 +106,7 @@ class Camera(ABC):
             raise CameraError(f"{self.description}: a previous read is still hung; close and reopen the camera")
         if limit_s is not None:
             limit_s = max(limit_s, self.read_limit_floor_s())
-        fut = asyncio.ensure_future(self._in_thread(self._read))
+        fut = self._start(self._read)
         try:
             # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
             # arrives as the read completes, and the pipeline would then never stop
