@@ -63,7 +63,11 @@ class LiveView:
         self.cols, self.rows = cfg.heatmap_grid
         self.frames = 0  # frames observed since start (the page sees whether the board is analysing)
         self.size: tuple[int, int] | None = None
-        self.people: list[dict[str, Any]] = []
+        # the last frame's people as (person, box normalized to the frame) and its time; the page's
+        # message is built from them when a page asks (``people``), not on every frame
+        self._last: list[tuple[_Person, tuple[float, float, float, float]]] = []
+        self._last_t = 0.0
+        self._people: list[dict[str, Any]] | None = []
         self.zone_counts: list[int] = []
         self._persons: dict[str, _Person] = {}
         # The traffic map spans heatmap_minutes, never more than the retention: HEAT_BUCKETS grids of counts,
@@ -85,7 +89,7 @@ class LiveView:
         n = len(self._persons)
         self._persons.clear()
         self._slices.clear()
-        self.people = []
+        self._last, self._people = [], []
         self.zone_counts = [0] * len(self.zones)
         return n
 
@@ -99,7 +103,7 @@ class LiveView:
             self._zonemap = ZoneMap(self.zones, None, w, h)
         poses = dict(res.poses)
         counts = [0] * len(self.zones)
-        people: list[dict[str, Any]] = []
+        last: list[tuple[_Person, tuple[float, float, float, float]]] = []
         grid = self._grid()
         for tr in res.tracked[:MAX_PEOPLE]:
             x0, y0, x1, y1 = (float(v) for v in tr.box)
@@ -122,17 +126,30 @@ class LiveView:
             for z in self._zonemap.zones:
                 if z.kind != "line" and z.contains(np.array([fx, fy])):  # a counting line holds nobody
                     counts[z.index] += 1
-            tail = list(p.tail)
-            step = max(1, math.ceil(len(tail) / MAX_TAIL))
-            people.append({
-                "box": [_r(x0 / w), _r(y0 / h), _r(x1 / w), _r(y1 / h)],
-                "kp": p.pose if t - p.pose_t <= POSE_HOLD_S else None,
-                "tail": [[_r(x), _r(y)] for _, x, y in tail[::-1][::step][::-1]],
-            })
+            last.append((p, (x0 / w, y0 / h, x1 / w, y1 / h)))
         for tid in [k for k, p in self._persons.items() if t - p.seen > GONE_S]:
             del self._persons[tid]
-        self.people = people
+        self._last, self._last_t, self._people = last, t, None
         self.zone_counts = counts
+
+    @property
+    def people(self) -> list[dict[str, Any]]:
+        """The people of the last frame as the page draws them: box, skeleton (held POSE_HOLD_S after
+        its pose invoke) and foot path, normalized and rounded. Built at the first read after a frame
+        (observe runs on the event loop, like the readers, so it reads the state that frame left)."""
+        if self._people is None:
+            t = self._last_t
+            people = []
+            for p, (x0, y0, x1, y1) in self._last:
+                tail = list(p.tail)
+                step = max(1, math.ceil(len(tail) / MAX_TAIL))
+                people.append({
+                    "box": [_r(x0), _r(y0), _r(x1), _r(y1)],
+                    "kp": p.pose if t - p.pose_t <= POSE_HOLD_S else None,
+                    "tail": [[_r(x), _r(y)] for _, x, y in tail[::-1][::step][::-1]],
+                })
+            self._people = people
+        return self._people
 
     def _grid(self) -> np.ndarray:
         self.expire()
