@@ -21,6 +21,10 @@ The sides (all on media/vtest.avi, 768x576):
   BGR to RGB, ``detect`` (resize, invoke, decoding).
 * ``realtime``: the service on RamCamera paced at the footage's 10 fps (a live camera), pose
   off: process CPU seconds per frame, against the CPU seconds per frame of the ``bare`` blocks.
+  ``realtime_cpu_ms_per_frame_<role>`` splits it by thread (/proc/self/task, 10 ms ticks):
+  detector (resize, invoke, decoding), native (the runtime's worker threads), analysis (tracker,
+  signals, counts), loop (the event loop: camera hand-over, ring buffer, observers, and the idle
+  timers of the other sides' services, which stay up between their blocks), camera.
 
 Each ratio is the median over the rounds of one side's block against the other's in the same round
 (``paired``), so that a load spike from other work spoils one pair and not the figure; the ratio
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -152,6 +157,7 @@ class Side:
     model_ms: list[float] = field(default_factory=list)
     total_ms: list[float] = field(default_factory=list)
     pose_invokes: int = 0
+    thread_cpu_s: dict[str, float] = field(default_factory=dict)  # realtime blocks: CPU by thread role
     dropped: int = 0  # frames a live source dropped (inference behind)
 
     @property
@@ -167,6 +173,33 @@ class Side:
         self.seconds += seconds
         self.cpu_s += cpu_s
         self.blocks.append((frames, seconds, cpu_s))
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# thread name prefix -> what it is (the rest: threads Python did not start, i.e. the runtime's pool)
+THREAD_ROLES = {"cuecam-detect": "detector", "cuecam-inference": "analysis", "cuecam-camera": "camera",
+                "MainThread": "loop"}
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads so far, by role (THREAD_ROLES; ``native``: the TFLite
+    runtime's worker threads; ``other``: any other Python thread). Empty without /proc."""
+    roles = {t.native_id: next((r for p, r in THREAD_ROLES.items() if t.name.startswith(p)), "other")
+             for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        role = roles.get(int(tid), "native")
+        out[role] = out.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+    return out
 
 
 def paired(a: Side, b: Side, *, cpu: bool = False) -> float:
@@ -226,10 +259,13 @@ class _Pipeline:
         st = self.svc.pipeline.stats
         self._dropped0 = st.frames_dropped + st.frames_discarded
         self._want, self._done = n, asyncio.Event()
+        th0 = thread_cpu() if cpu else {}
         t0, c0 = time.perf_counter(), time.process_time()
         self.camera.gate.allow(n)
         await asyncio.wait_for(self._done.wait(), 600)
         t1, c1 = time.perf_counter(), time.process_time()
+        for role, sec in (thread_cpu() if cpu else {}).items():
+            self.side.thread_cpu_s[role] = self.side.thread_cpu_s.get(role, 0.0) + sec - th0.get(role, 0.0)
         timed = self._stamps[SKIP:n]
         s = self.side
         if cpu:  # every analysed frame of the block, CPU time of the whole process
@@ -381,6 +417,8 @@ async def measure_throughput(loaded: LoadedConfig, video: Path, *, rounds: int =
         "ram_pose_invokes_per_frame": ram_pose.pose_invokes / max(len(ram_pose.model_ms), 1),
         "bare_pose_invokes_per_frame": bare_pose.pose_invokes / max(bare_pose.frames, 1),
         "realtime_cpu_ms_per_frame": rt.cpu_per_frame * 1000.0, "bare_cpu_ms_per_frame": bare.cpu_per_frame * 1000.0,
+        **{f"realtime_cpu_ms_per_frame_{role}": sec / rt.frames * 1000.0
+           for role, sec in sorted(rt.thread_cpu_s.items()) if rt.frames},
         "realtime_block_fps": rt.fps, "realtime_frames_dropped": rt.dropped,
         "throughput_rounds": rounds, "throughput_block_frames": BLOCK,
         "throughput_threads": inf.num_threads,
