@@ -17,7 +17,7 @@ from firmware.http.app import ROUTES
 from firmware.signals.analyzer import FrameResult
 from firmware.signals.engine import Vector
 from firmware.signals.schema import VECTOR_DTYPE
-from firmware.tracking.tracker import KalmanBank, KalmanBox, Track
+from firmware.tracking.tracker import FrozenBox, KalmanBank, KalmanBox, Track
 from tests.conftest import VTEST, sim_config
 from tests.integration.test_privacy import AUTH, TOKEN, _client, _until
 
@@ -178,9 +178,10 @@ async def test_analyzer_results_hold_no_pixels(models_dir, vtest, tmp_path):
                     x = getattr(v, f.name)
                     assert x is None or (isinstance(x, str | float | int) and not isinstance(x, np.ndarray)), \
                         (f.name, type(x))
-            assert all(type(t) is Track and type(t.kf) is KalmanBox for t in res.tracked)
+            # a frame's tracks as they were then: the filter's state copied (8 floats), not the live bank
+            assert all(type(t) is Track and type(t.kf) is FrozenBox for t in res.tracked)
         assert n_tracks > 0 and n_vectors > 0, (n_tracks, n_vectors)
-        assert counts.get("KalmanBox", 0) > 0 and counts.get("ndarray", 0) > 0  # the walk went all the way down
+        assert counts.get("FrozenBox", 0) > 0 and counts.get("ndarray", 0) > 0  # the walk went all the way down
         assert problems == []
     finally:
         cap.release()
