@@ -196,8 +196,9 @@ class InferenceConfig(_Strict):
     # CPU inference threads (XNNPACK). auto: on 4 cores or more one core fewer than the board has,
     # so the camera thread (the VC4 boards' YUV conversion), the event loop and the analysis thread
     # (tracker, pose, signals beside the next frame's detector) keep a core of their own instead of
-    # preempting the inference threads; on 1 or 2 cores every core (one thread alone gave 7-14% fewer
-    # frames in make bench on 2 cores: XNNPACK still gains from the second). See the board configs.
+    # preempting the inference threads; on 1 or 2 cores every core (one thread alone gave a third fewer
+    # frames on 2 cores, in alternating blocks of one run: XNNPACK still gains from the second). See the
+    # board configs and the README's make bench section.
     threads: int | Literal["auto"] = "auto"
     # Where the detector runs: the CPU, a Coral (edgetpu), the AI Camera's sensor (imx500: the
     # camera must be type imx500) or a Hailo-8/8L (hailo: a HEF model, on a Pi 5's PCIe).
