@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..tracking.tracker import iou_matrix
+
 
 @dataclass(frozen=True)
 class NoiseSpec:
@@ -47,17 +49,6 @@ class NoiseSpec:
     fp_height: tuple[float, float] = (0.12, 0.35)  # false positives' height, share of the frame height
     echo: float = 0.0  # per kept box and frame: chance of a weak echo box beside it
     static: int = 0  # fixed places of weak background boxes
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of one box ``a`` (4,) with boxes ``b`` (n, 4)."""
-    x0 = np.maximum(a[0], b[:, 0])
-    y0 = np.maximum(a[1], b[:, 1])
-    x1 = np.minimum(a[2], b[:, 2])
-    y1 = np.minimum(a[3], b[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    return np.asarray(inter / np.maximum(union, 1e-12))
 
 
 class DetectionNoise:
@@ -86,7 +77,7 @@ class DetectionNoise:
         bursts = []
         for box, left in self._bursts:  # an active burst swallows the box it follows
             if n:
-                ov = _iou(box, boxes)
+                ov = iou_matrix(box[None], boxes)[0]
                 j = int(np.argmax(ov))
                 if ov[j] >= 0.3 and keep[j]:
                     keep[j] = False

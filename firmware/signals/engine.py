@@ -466,7 +466,7 @@ class SignalEngine:
         capped_frac = st.window_capped / max(st.window_frames, 1)
         # Judged over the part of the window the track was there for (from its first to its last
         # sighting in it): a track that starts or ends inside a window is measured if it was
-        # seen in at least half of that part, with a confidence of the share of the whole window.
+        # seen in at least MIN_COVERAGE of that part, with a confidence of the share of the whole window.
         present = st.window_last - st.window_first + 1 if st.window_frames else 0
         valid = (we - st.first_t) >= MIN_AGE_S and 0 < st.window_frames >= MIN_COVERAGE * present
         # A frame whose detector output was full may have missed people (SSD returns at most 10

@@ -14,6 +14,7 @@ from firmware.inference import create_detector
 from firmware.inference.detector_ssd import SsdDetector
 from firmware.inference.runner import ModelRunner, _input_lut, available_runtimes
 from firmware.models import load_manifest, resolve_model
+from firmware.tracking.tracker import iou_matrix
 
 RUNTIMES = available_runtimes()
 
@@ -77,17 +78,11 @@ def test_configured_noise_worsens_the_real_detections_the_same_way_for_a_seed(ru
     a, b, c = frames(1), frames(1), frames(2)
     assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b, strict=True))
     assert any(not np.array_equal(x[0], y[0]) for x, y in zip(a, c, strict=True))
-    people = [sum(1 for box in boxes if max(_iou(box, p) for p in clean.boxes) >= 0.5) for boxes, _ in a]
+    people = [int((iou_matrix(boxes, clean.boxes).max(axis=1, initial=0.0) >= 0.5).sum()) for boxes, _ in a]
     assert 0.5 * 2 * 40 < sum(people) < 0.85 * 2 * 40  # about 30 % of the two people missed (bursts too)
     assert sum(len(boxes) - n for (boxes, _), n in zip(a, people, strict=True)) >= 20  # false positives, ~1 a frame
     for boxes, scores in a:
         assert (scores >= 0.25).all() and ((boxes >= 0) & (boxes <= 1)).all()
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    x0, y0, x1, y1 = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x1 - x0) * max(0.0, y1 - y0)
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
 def _builtin_people(runner: ModelRunner, image: np.ndarray, person_class: int, score: float) -> tuple[np.ndarray, np.ndarray]:
