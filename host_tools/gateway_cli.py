@@ -147,6 +147,19 @@ def _load_with_sqlite(path: Path, what: str) -> Any:
     return loaded
 
 
+def _write_and_report(args: argparse.Namespace, what: str, write: Any, report: Any) -> int:
+    """Run an import's ``write`` (a coroutine function) and print ``report(its result)``: a dict
+    (printed as JSON with --json) and a sentence; 1 when the SQLite store cannot be written."""
+    try:
+        written = asyncio.run(write())
+    except (OSError, sqlite3.Error) as e:
+        print(f"error: cannot write {what}: {e}", file=sys.stderr)
+        return 1
+    result, text = report(written)
+    print(json.dumps(result) if args.json else text)
+    return 0
+
+
 def _gateway_import_history(args: argparse.Namespace) -> int:
     from firmware.errors import ConfigError
 
@@ -172,20 +185,14 @@ def _gateway_import_history(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    try:
-        held = asyncio.run(write())
-    except (OSError, sqlite3.Error) as e:
-        print(f"error: cannot write the history: {e}", file=sys.stderr)
-        return 1
-    result = {"imported": len(parsed.rows), "too_old": parsed.too_old, "history_hours": held,
-              "sqlite": str(loaded.resolve(st.sqlite))}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"imported {result['imported']} hours ({result['too_old']} older than store.history_days="
-              f"{st.history_days} skipped); {held} hours of history in {result['sqlite']}. A running gateway "
-              "reads them when it next starts.")
-    return 0
+    def report(held: int) -> tuple[dict[str, Any], str]:
+        result = {"imported": len(parsed.rows), "too_old": parsed.too_old, "history_hours": held,
+                  "sqlite": str(loaded.resolve(st.sqlite))}
+        return result, (f"imported {result['imported']} hours ({result['too_old']} older than store.history_days="
+                        f"{st.history_days} skipped); {held} hours of history in {result['sqlite']}. A running gateway "
+                        "reads them when it next starts.")
+
+    return _write_and_report(args, "the history", write, report)
 
 
 def _gateway_import_transactions(args: argparse.Namespace) -> int:
@@ -212,19 +219,13 @@ def _gateway_import_transactions(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    try:
-        res = asyncio.run(write())
-    except (OSError, sqlite3.Error) as e:
-        print(f"error: cannot write the transactions: {e}", file=sys.stderr)
-        return 1
-    result = {"imported": res["accepted"], "sqlite": str(loaded.resolve(st.sqlite))}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"imported {result['imported']} transactions (their hourly totals kept store.history_days="
-              f"{st.history_days}, the transactions themselves store.retention_s) into {result['sqlite']}. A running "
-              "gateway reads them when it next starts; POST /v1/transactions feeds a running one.")
-    return 0
+    def report(res: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        result = {"imported": res["accepted"], "sqlite": str(loaded.resolve(st.sqlite))}
+        return result, (f"imported {result['imported']} transactions (their hourly totals kept store.history_days="
+                        f"{st.history_days}, the transactions themselves store.retention_s) into {result['sqlite']}. "
+                        "A running gateway reads them when it next starts; POST /v1/transactions feeds a running one.")
+
+    return _write_and_report(args, "the transactions", write, report)
 
 
 def _gateway_run(args: argparse.Namespace) -> int:
