@@ -32,13 +32,22 @@ def _promtool(text: str) -> str:
 
 
 async def test_the_boards_metrics_pass_promtool(models_dir, vtest, tmp_path):
-    loaded = sim_config({"camera": {"pacing": "fast"}, "privacy": {"audit_log": str(tmp_path / "audit.jsonl")}})
+    # with a counting line, a queue and a paired companion, so that their families carry samples too
+    (tmp_path / "door-1.key").write_text(bytes(range(32)).hex() + "\n")
+    zones = [z.model_dump(mode="json", exclude_none=True) for z in sim_config({}).config.zones] + [
+        {"name": "plaza-line", "kind": "line", "line": [[0.5, 0.2], [0.5, 0.98]], "in_side": "right"},
+        {"name": "till", "kind": "queue", "polygon": [[0.02, 0.60], [0.52, 0.60], [0.52, 0.99], [0.02, 0.99]]}]
+    loaded = sim_config({"camera": {"pacing": "fast"}, "zones": zones,
+                         "privacy": {"audit_log": str(tmp_path / "audit.jsonl"), "optout": {"companions": [
+                             {"name": "door-1", "key_file": str(tmp_path / "door-1.key")}]}}})
     svc, token = await build_service(loaded, token_env={"CUECAM_API_TOKEN": TOKEN})
     async with TestClient(TestServer(build_app(svc, token), host="127.0.0.1")) as c:
         await until(lambda: svc.pipeline.stats.frames_processed >= 20, 60)
         text = await (await c.get("/metrics", headers=AUTH)).text()
     assert _promtool(text) == ""
     fams = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("cuecam_line_crossings", "cuecam_queue_length", "cuecam_zone_occupancy", "cuecam_companions_paired"):
+        assert fams[name].samples, name
     h = fams["cuecam_inference_seconds"]
     assert h.type == "histogram"
     count = next(s.value for s in h.samples if s.name.endswith("_count"))
