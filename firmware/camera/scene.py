@@ -26,11 +26,12 @@ cached in memory per process and never written to disk (cuecam keeps no pixels o
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -262,48 +263,57 @@ def _read_image(path: Path, frame: int | None = None) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _video_frame(path: Path, frame: int) -> np.ndarray:
+@contextlib.contextmanager
+def _video(path: Path, what: str) -> Iterator[Any]:
+    """An opened cv2.VideoCapture of ``path`` (released after); ``what`` says what it is read for."""
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
-            raise CameraError(f"{path}: cannot open the video for a sprite")
-        for i in range(frame + 1):  # sequential reads: seeking is unreliable in some codecs
-            ok, img = cap.read()
-            if not ok:
-                raise CameraError(f"{path}: the video has only {i} frames, so there is no frame {frame}")
-            if img.shape[0] * img.shape[1] > MAX_SOURCE_PIXELS:
-                raise CameraError(f"{path}: frames larger than {MAX_SOURCE_PIXELS} pixels")
+            raise CameraError(f"{path}: cannot open the video for {what}")
+        yield cap
     finally:
         cap.release()
+
+
+def _next_frame(cap: Any, path: Path) -> np.ndarray | None:
+    """The next frame (BGR), None at the end. Sequential reads: seeking is unreliable in some codecs."""
+    ok, img = cap.read()
+    if not ok:
+        return None
+    if img.shape[0] * img.shape[1] > MAX_SOURCE_PIXELS:
+        raise CameraError(f"{path}: frames larger than {MAX_SOURCE_PIXELS} pixels")
     out: np.ndarray = img
     return out
+
+
+def _video_frame(path: Path, frame: int) -> np.ndarray:
+    with _video(path, "a sprite") as cap:
+        for i in range(frame + 1):
+            img = _next_frame(cap, path)
+            if img is None:
+                raise CameraError(f"{path}: the video has only {i} frames, so there is no frame {frame}")
+    assert img is not None  # frame >= 0: read at least once
+    return img
 
 
 def median_background(video: Path, frames: int) -> np.ndarray:
     """Per-pixel median of ``frames`` frames spread evenly over the video: walkers vanish, the place stays."""
 
     def build() -> np.ndarray:
-        cap = cv2.VideoCapture(str(video))
-        try:
-            if not cap.isOpened():
-                raise CameraError(f"{video}: cannot open the video for a median background")
+        with _video(video, "a median background") as cap:
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             picks = set(np.linspace(0, max(n - 1, 0), frames).astype(int).tolist()) if n > 0 else None
             got = []
             i = 0
             while picks is None or i <= max(picks):
-                ok, f = cap.read()  # sequential reads: seeking is unreliable in some codecs
-                if not ok:
+                f = _next_frame(cap, video)
+                if f is None:
                     break
-                if f.shape[0] * f.shape[1] > MAX_SOURCE_PIXELS:
-                    raise CameraError(f"{video}: frames larger than {MAX_SOURCE_PIXELS} pixels")
                 if picks is None or i in picks:
                     got.append(f)
                     if picks is None and len(got) >= frames:
                         break
                 i += 1
-        finally:
-            cap.release()
         if len(got) < 3:
             raise CameraError(f"{video}: only {len(got)} decodable frames; a median background needs at least 3")
         med = np.median(np.stack(got), axis=0).astype(np.uint8)

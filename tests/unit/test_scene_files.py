@@ -75,3 +75,15 @@ def test_empty_and_missing_scene_files(tmp_path):
     p.write_bytes(b"x" * (64 * 1024 + 1))
     with pytest.raises(ConfigError, match="larger than"):
         load_scene(p)
+
+
+def test_a_sprite_from_a_video_frame_past_its_end_is_named(tmp_path, shared_media):
+    """``sprite: {image: VIDEO, frame: N}``: a frame the video does not have is a clear error (the
+    shipped weak_stop scene takes its shopper from vtest.avi's frame 180; the video has 795)."""
+    from firmware.camera.scene import SceneRenderer
+    from firmware.errors import CameraError
+
+    text = GOOD.replace("{{image: {media}/test_couple.jpg, person: 0}}",
+                        "{{image: {media}/vtest.avi, frame: 5000, box: [586, 127, 612, 202]}}")
+    with pytest.raises(CameraError, match=r"vtest.avi: the video has only 795 frames, so there is no frame 5000"):
+        SceneRenderer(load_scene(_write(tmp_path, text, shared_media)))
