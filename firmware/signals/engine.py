@@ -22,7 +22,7 @@ from . import definitions as d
 ENTER_S = 0.5  # inside this long before a stay starts
 LEAVE_S = 1.0  # outside this long before it ends (the stay ends when the person left)
 MIN_AGE_S = 1.0  # younger tracks get null signals
-# observed in over a third of the window's frames it was there for (a detector missing 40 %, in
+# observed in at least 35 % of the window's frames it was there for (a detector missing 40 %, in
 # bursts, leaves 40-60 %)
 MIN_COVERAGE = 0.35
 VEER_MEMORY_S = 3.0  # "was heading for / near the focus" counts this long

@@ -9,7 +9,7 @@ the models go. Prints ``key: value`` lines:
   identity: one person who leaves the view and comes back is two).
 - vtest_vectors: sentiment vectors (one per token and 2 s window).
 - vtest_null_window_share: share of vectors whose engagement and approach are both null (the
-  window could not be trusted: a track under 1 s old, or seen in no more than 35 % of the frames
+  window could not be trusted: a track under 1 s old, or seen in less than 35 % of the frames
   it was there for).
 - vtest_capped_frame_share: share of frames where the detector had more candidates than
   inference.detector.max_detections (there may have been more people than boxes).
